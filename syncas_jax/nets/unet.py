@@ -1,0 +1,192 @@
+"""The SynCAS 3D U-Net and its contrastive projection heads (SPEC §3), channels-last.
+
+Shapes: input (N, Z, Y, X, 1); logits (N, Z, Y, X, 2). With the defaults (ngf 16,
+depth 4) the four contrastive taps are
+  enc4  (N, Z/8, Y/8, X/8, 128)  first ReLU of encoder level 4
+  dec2  (N, Z/4, Y/4, X/4, 64)   first ReLU of decoder stage 2
+  dec3  (N, Z/2, Y/2, X/2, 32)   first ReLU of decoder stage 3
+  dec4  (N, Z,   Y,   X,   16)   last ReLU of decoder stage 4
+Spatial sizes must be divisible by 2**depth.
+
+Module names follow the reference's flat `nn.Sequential` block by block, so the
+checkpoint converter (`nets/convert.py`) can map `model.{i}` onto them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NORMS = ("batch", "instance")
+PROJECTION_DIM = 128
+
+
+def reflect_pad(x: jnp.ndarray, width: int = 1) -> jnp.ndarray:
+    """Reflect-pad the three spatial axes of (N, Z, Y, X, C) by `width` (PyTorch padding_mode='reflect')."""
+    return jnp.pad(x, ((0, 0), (width, width), (width, width), (width, width), (0, 0)), mode="reflect")
+
+
+def upsample_nearest(x: jnp.ndarray) -> jnp.ndarray:
+    """Nearest-neighbour upsampling ×2 of the spatial axes of (N, Z, Y, X, C)."""
+    for axis in (1, 2, 3):
+        x = jnp.repeat(x, 2, axis=axis)
+    return x
+
+
+class ConvBlock(nn.Module):
+    """3×3×3 conv (reflect padding, bias only with instance norm) → norm → ReLU."""
+
+    features: int
+    norm: str = "batch"
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        x = nn.Conv(
+            self.features,
+            (3, 3, 3),
+            padding="VALID",
+            use_bias=self.norm == "instance",
+            dtype=self.dtype,
+            name="conv",
+        )(reflect_pad(x))
+        if self.norm == "batch":
+            # PyTorch momentum 0.1 is Flax momentum 0.9 (weight of the old running value).
+            x = nn.BatchNorm(
+                use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="norm"
+            )(x)
+        else:
+            x = nn.InstanceNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
+        return nn.relu(x)
+
+
+class UNet3D(nn.Module):
+    """Reference 3D U-Net. Returns (logits, taps) with taps = [enc_deep, dec_(depth-2), dec_(depth-1), dec_depth]."""
+
+    ngf: int = 16
+    depth: int = 4
+    norm: str = "batch"
+    in_channels: int = 1
+    num_classes: int = 2
+    dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if self.depth < 3:
+            raise ValueError(f"depth must be >= 3 for the four contrastive taps, got {self.depth}")
+
+    def check_input(self, x: jnp.ndarray) -> None:
+        multiple = 2**self.depth
+        if x.ndim != 5:
+            raise ValueError(
+                f"UNet3D expects input of shape (batch, z, y, x, {self.in_channels}) (5D, channels-last), "
+                f"got {x.ndim}D shape {tuple(x.shape)}"
+            )
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(f"UNet3D expects {self.in_channels} input channel(s) last, got shape {tuple(x.shape)}")
+        if any(size % multiple for size in x.shape[1:4]):
+            raise ValueError(f"UNet3D spatial sizes must be divisible by {multiple}, got {tuple(x.shape[1:4])}")
+        if any(size < 2 for size in x.shape[1:4]):
+            raise ValueError(f"spatial sizes too small for reflect padding: {tuple(x.shape[1:4])}")
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
+        self.check_input(x)
+
+        def block(features: int, name: str) -> ConvBlock:
+            return ConvBlock(features, norm=self.norm, dtype=self.dtype, name=name)
+
+        x = x.astype(self.dtype)
+        x = block(self.ngf, "stem")(x, train)
+        skips = []
+        taps = []
+        for level in range(1, self.depth + 1):
+            features = self.ngf * 2 ** (level - 1)
+            x = block(features, f"enc{level}_conv1")(x, train)
+            if level == self.depth:
+                taps.append(x)
+            x = block(features, f"enc{level}_conv2")(x, train)
+            skips.append(x)
+            x = nn.max_pool(x, (2, 2, 2), strides=(2, 2, 2))
+        bottleneck = self.ngf * 2**self.depth
+        x = block(bottleneck, "bottleneck_conv1")(x, train)
+        x = block(bottleneck, "bottleneck_conv2")(x, train)
+        for stage in range(1, self.depth + 1):
+            features = self.ngf * 2 ** (self.depth - stage)
+            x = jnp.concatenate([skips[-stage], upsample_nearest(x)], axis=-1)
+            x = block(features, f"dec{stage}_conv1")(x, train)
+            if stage in (self.depth - 2, self.depth - 1):
+                taps.append(x)
+            x = block(features, f"dec{stage}_conv2")(x, train)
+        taps.append(x)
+        logits = nn.Conv(self.num_classes, (3, 3, 3), padding="VALID", use_bias=False, dtype=self.dtype, name="head")(
+            reflect_pad(x)
+        )
+        return logits, taps
+
+
+def tap_channels(ngf: int = 16, depth: int = 4) -> tuple[int, int, int, int]:
+    """Channel counts of the four taps: (128, 64, 32, 16) for the defaults."""
+    return (ngf * 2 ** (depth - 1), ngf * 4, ngf * 2, ngf)
+
+
+class ProjectionHead(nn.Module):
+    """Per-voxel Linear(C→128) → ReLU → Linear(128→128), L2-normalised over channels. (..., C) → (..., 128)."""
+
+    dim: int = PROJECTION_DIM
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        x = nn.Dense(self.dim, dtype=self.dtype, name="fc1")(x)
+        x = nn.relu(x)
+        x = nn.Dense(self.dim, dtype=self.dtype, name="fc2")(x)
+        x = x.astype(jnp.float32)
+        return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class SynCASNet(nn.Module):
+    """U-Net plus four projection heads in one parameter tree: {'unet': ..., 'head0'..'head3': ...}."""
+
+    ngf: int = 16
+    depth: int = 4
+    norm: str = "batch"
+    dtype: Any = jnp.float32
+
+    def setup(self) -> None:
+        self.unet = UNet3D(ngf=self.ngf, depth=self.depth, norm=self.norm, dtype=self.dtype)
+        self.heads = [ProjectionHead(dtype=self.dtype, name=f"head{k}") for k in range(4)]
+
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
+        """Logits and the four raw (unprojected) tap features."""
+        return self.unet(x, train)
+
+    def project(self, features: jnp.ndarray, tap: int) -> jnp.ndarray:
+        """Apply projection head `tap` (0..3) to features (..., C_tap) → (..., 128), unit norm."""
+        return self.heads[tap](features)
+
+    def forward_projected(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
+        """Logits and the four projected tap features (..., 128). Also used to initialise all parameters."""
+        logits, taps = self.unet(x, train)
+        return logits, [head(tap) for head, tap in zip(self.heads, taps)]
+
+
+def init_variables(key: jax.Array, *, ngf: int = 16, depth: int = 4, norm: str = "batch", dtype: Any = jnp.float32):
+    """Initialise SynCASNet variables ({'params', 'batch_stats'}) on a minimal input."""
+    size = 2**depth
+    model = SynCASNet(ngf=ngf, depth=depth, norm=norm, dtype=dtype)
+    return model.init(key, jnp.zeros((1, size, size, size, 1)), method=SynCASNet.forward_projected)
+
+
+def abstract_variables(*, ngf: int = 16, depth: int = 4, norm: str = "batch"):
+    """Shapes and dtypes of SynCASNet variables, without computing anything."""
+    return jax.eval_shape(lambda key: init_variables(key, ngf=ngf, depth=depth, norm=norm), jax.random.key(0))
+
+
+def count_parameters(tree: Any) -> int:
+    return int(sum(np.prod(np.shape(leaf)) for leaf in jax.tree.leaves(tree)))
