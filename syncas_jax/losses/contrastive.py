@@ -67,11 +67,9 @@ def contrastive_item(
     valid = (n_pos >= MIN_SET_SIZE) & (jnp.sum(negative) >= MIN_SET_SIZE)
 
     key_anchor, key_anchor_rep, key_neg, key_pseudo = jax.random.split(key, 4)
-    anchor = jnp.where(
-        n_pos >= num_anchor,
-        sample_without_replacement(key_anchor, positive, num_anchor),
-        sample_with_replacement(key_anchor_rep, positive, num_anchor),
-    )
+    anchor = sample_with_replacement(key_anchor_rep, positive, num_anchor)
+    if positive.shape[0] >= num_anchor:  # static: small taps can never hold num_anchor positives
+        anchor = jnp.where(n_pos >= num_anchor, sample_without_replacement(key_anchor, positive, num_anchor), anchor)
     neg = sample_with_replacement(key_neg, negative, num_anchor * neg_per_anchor)
     others = jnp.concatenate([anchor, neg])
     if pseudo_neg_per_anchor:

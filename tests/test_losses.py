@@ -1,0 +1,244 @@
+"""Dice+CE and contrastive losses against the straightforward PyTorch loop and analytic values."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from syncas_jax.losses.contrastive import (
+    contrastive_loss,
+    multi_tap_contrastive_loss,
+    resize_labels_nearest,
+    sample_with_replacement,
+    sample_without_replacement,
+)
+from syncas_jax.losses.dice_ce import dice_ce_loss
+from tests import torch_reference as ref
+
+jax.config.update("jax_enable_x64", False)
+
+
+def to_torch_channels_first(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(a), -1, 1)))
+
+
+# ---------------------------------------------------------------- Dice + CE
+
+
+def test_dice_ce_matches_torch_value_and_gradient():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(3, 4, 6, 5, 2)).astype(np.float32) * 2
+    target = (rng.random((3, 4, 6, 5)) < 0.3).astype(np.int32)
+    target[1] = 0  # a sample with an empty foreground: Dice term must stay defined
+
+    value, grad = jax.value_and_grad(dice_ce_loss)(jnp.asarray(logits), jnp.asarray(target))
+    logits_t = to_torch_channels_first(logits).requires_grad_(True)
+    value_t = ref.dice_ce_loss_torch(logits_t, torch.from_numpy(target).long())
+    value_t.backward()
+    np.testing.assert_allclose(float(value), value_t.item(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.moveaxis(np.asarray(grad), -1, 1), logits_t.grad.numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_dice_ce_perfect_prediction_is_minus_one():
+    target = np.zeros((2, 4, 4, 4), np.int32)
+    target[:, 1:3, 1:3, 1:3] = 1
+    logits = np.stack([(1 - target) * 40.0, target * 40.0], axis=-1).astype(np.float32)
+    assert float(dice_ce_loss(jnp.asarray(logits), jnp.asarray(target))) == pytest.approx(-1.0, abs=1e-5)
+
+
+# ---------------------------------------------------------------- sampling primitives
+
+
+def test_masked_sampling_only_draws_from_the_mask():
+    mask = np.zeros(1000, bool)
+    mask[[3, 50, 51, 700, 999]] = True
+    drawn = np.asarray(sample_with_replacement(jax.random.key(0), jnp.asarray(mask), 4000))
+    assert set(drawn) == {3, 50, 51, 700, 999}
+    counts = np.bincount(drawn, minlength=1000)[mask]
+    assert counts.min() > 650 and counts.max() < 950  # uniform: 800 each expected
+
+    distinct = np.asarray(sample_without_replacement(jax.random.key(1), jnp.asarray(mask), 5))
+    assert sorted(distinct) == [3, 50, 51, 700, 999]
+
+
+def test_resize_labels_nearest_matches_torch():
+    labels = np.random.default_rng(0).integers(-1, 4, size=(2, 8, 12, 10))
+    for size in [(4, 6, 5), (2, 3, 5), (8, 12, 10)]:
+        ours = np.asarray(resize_labels_nearest(jnp.asarray(labels), size))
+        theirs = ref.resize_labels_nearest(torch.from_numpy(labels), size).numpy()
+        np.testing.assert_array_equal(ours, theirs)
+
+
+# ---------------------------------------------------------------- contrastive loss
+
+SET_OF_LABEL = {-1: 0, 0: 1, 1: 2}  # ignore, negative, positive; every label > 1 is "pseudo" (3)
+
+
+def class_constant_case(seed: int, batch: int = 4, shape=(8, 16, 16), channels: int = 16):
+    """Labels with several branches and per-set constant, unit-norm features of two views."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((batch, *shape), np.int32)
+    labels[:, :, :2, :] = -1  # padding, ignored
+    labels[0, 2:6, 4:12, 4:10] = 1  # big branch
+    labels[0, 2:6, 13:15, 2:4] = 2
+    labels[0, 6:8, 2:4, 12:15] = 3
+    labels[1, 1:7, 5:9, 5:9] = 1  # no pseudo-negatives in item 1
+    labels[2, 0:2, 6:8, 6:8] = 1  # item 2: a small branch only (skipped at low resolution)
+    labels[2, 4:8, 8:16, 8:16] = 2
+    labels[3, :, 2:, :] = 1  # item 3: almost no background → skipped (< 10 negatives)
+    labels[3, 0, 2, :4] = 0
+    table1 = rng.normal(size=(4, channels))
+    table2 = table1 + 0.7 * rng.normal(size=(4, channels))
+    table1 /= np.linalg.norm(table1, axis=1, keepdims=True)
+    table2 /= np.linalg.norm(table2, axis=1, keepdims=True)
+    return labels, table1.astype(np.float32), table2.astype(np.float32)
+
+
+def set_index(labels: np.ndarray, branch_aware: bool) -> np.ndarray:
+    index = np.where(labels > 1, 3 if branch_aware else 2, 0)
+    for label, k in SET_OF_LABEL.items():
+        index = np.where(labels == label, k, index)
+    return index
+
+
+def features_at(labels: np.ndarray, table: np.ndarray, factor: int, branch_aware: bool) -> np.ndarray:
+    small = labels[:, ::factor, ::factor, ::factor]
+    return table[set_index(small, branch_aware)]
+
+
+@pytest.mark.parametrize("branch_aware", [True, False])
+@pytest.mark.parametrize("factor", [1, 2])
+@pytest.mark.parametrize("negatives", [(5, 1), (10, 2)])
+def test_contrastive_matches_torch_loop(branch_aware, factor, negatives):
+    labels, table1, table2 = class_constant_case(seed=factor)
+    f1 = features_at(labels, table1, factor, branch_aware)
+    f2 = features_at(labels, table2, factor, branch_aware)
+    kwargs = dict(
+        neg_per_anchor=negatives[0], pseudo_neg_per_anchor=negatives[1], alpha=0.9, branch_aware=branch_aware
+    )
+    ours = contrastive_loss(jax.random.key(3), jnp.asarray(f1), jnp.asarray(f2), jnp.asarray(labels), **kwargs)
+    theirs = ref.contrastive_loss_loop(
+        to_torch_channels_first(f1),
+        to_torch_channels_first(f2),
+        torch.from_numpy(labels),
+        generator=torch.Generator().manual_seed(0),
+        **kwargs,
+    )
+    assert float(theirs) > 0.1
+    np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5, atol=1e-6)
+
+
+def analytic_item_loss(table1, table2, *, alpha, temperature=0.3, negatives=5, pseudo=1, has_pseudo=True):
+    a = table1[2]
+    logits = [a @ table2[2] / temperature] + [a @ table2[1] / temperature] * negatives
+    if has_pseudo:
+        logits += [alpha * (a @ table2[3]) / temperature] * pseudo
+    logits = np.asarray(logits, np.float64)
+    return np.log(np.sum(np.exp(logits))) - logits[0]
+
+
+def test_alpha_scales_only_pseudo_negative_logits():
+    labels, table1, table2 = class_constant_case(seed=5)
+    labels = labels[:2]  # item 0 has pseudo-negatives, item 1 has none
+    f1 = jnp.asarray(features_at(labels, table1, 1, True))
+    f2 = jnp.asarray(features_at(labels, table2, 1, True))
+    for alpha in (0.0, 0.5, 1.0, 2.0):
+        ours = float(contrastive_loss(jax.random.key(0), f1, f2, jnp.asarray(labels), alpha=alpha))
+        expected = 0.5 * (
+            analytic_item_loss(table1, table2, alpha=alpha)
+            + analytic_item_loss(table1, table2, alpha=alpha, has_pseudo=False)
+        )
+        assert ours == pytest.approx(expected, rel=1e-5)
+    without_pseudo = [
+        float(contrastive_loss(jax.random.key(0), f1[1:], f2[1:], jnp.asarray(labels[1:]), alpha=alpha))
+        for alpha in (0.1, 3.0)
+    ]
+    assert without_pseudo[0] == pytest.approx(without_pseudo[1], rel=1e-6)
+
+
+def test_all_items_skipped_gives_zero_and_finite_gradient():
+    labels = np.zeros((2, 8, 16, 16), np.int32)
+    labels[0, 0, 0, :5] = 1  # 5 positives < 10
+    labels[1] = -1  # all ignored
+    f = jax.random.normal(jax.random.key(0), (2, 8, 16, 16, 8))
+
+    def loss(f):
+        return contrastive_loss(jax.random.key(1), f, f, jnp.asarray(labels))
+
+    value, grad = jax.value_and_grad(loss)(f)
+    assert float(value) == 0.0
+    assert np.all(np.asarray(grad) == 0)
+
+
+def test_ignored_voxels_never_enter_the_loss():
+    labels, table1, table2 = class_constant_case(seed=7)
+    f1 = features_at(labels, table1, 1, True)
+    f2 = features_at(labels, table2, 1, True)
+    garbage = np.random.default_rng(0).normal(size=f1.shape).astype(np.float32) * 100
+    ignored = (labels == -1)[..., None]
+    base = contrastive_loss(jax.random.key(0), jnp.asarray(f1), jnp.asarray(f2), jnp.asarray(labels))
+    noisy = contrastive_loss(
+        jax.random.key(0),
+        jnp.asarray(np.where(ignored, garbage, f1)),
+        jnp.asarray(np.where(ignored, garbage, f2)),
+        jnp.asarray(labels),
+    )
+    assert float(base) == pytest.approx(float(noisy), rel=1e-6)
+
+
+def test_gradient_matches_torch_loop():
+    """With per-set features f = table[set], d loss / d table does not depend on the draws."""
+    labels, table1, table2 = class_constant_case(seed=11)
+    index = set_index(labels, True)
+
+    def ours(t1, t2):
+        return contrastive_loss(jax.random.key(0), t1[index], t2[index], jnp.asarray(labels), alpha=0.7)
+
+    grads = jax.grad(ours, argnums=(0, 1))(jnp.asarray(table1), jnp.asarray(table2))
+    t1 = torch.from_numpy(table1).requires_grad_(True)
+    t2 = torch.from_numpy(table2).requires_grad_(True)
+    idx = torch.from_numpy(index).long()
+    loss_t = ref.contrastive_loss_loop(
+        t1[idx].movedim(-1, 1), t2[idx].movedim(-1, 1), torch.from_numpy(labels), alpha=0.7,
+        generator=torch.Generator().manual_seed(1),
+    )
+    loss_t.backward()
+    np.testing.assert_allclose(np.asarray(grads[0]), t1.grad.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(grads[1]), t2.grad.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_projecting_after_sampling_equals_projecting_everything():
+    labels, _, _ = class_constant_case(seed=2)
+    rng = np.random.default_rng(0)
+    raw1 = jnp.asarray(rng.normal(size=(*labels.shape, 8)).astype(np.float32))
+    raw2 = jnp.asarray(rng.normal(size=(*labels.shape, 8)).astype(np.float32))
+    weight = jnp.asarray(rng.normal(size=(8, 12)).astype(np.float32))
+
+    def head(x):
+        y = jnp.tanh(x @ weight)
+        return y / jnp.linalg.norm(y, axis=-1, keepdims=True)
+
+    key = jax.random.key(4)
+    late = contrastive_loss(key, raw1, raw2, jnp.asarray(labels), project=head)
+    early = contrastive_loss(key, head(raw1), head(raw2), jnp.asarray(labels))
+    assert float(late) == pytest.approx(float(early), rel=1e-5)
+
+
+def test_four_taps_sum_and_jit():
+    labels, table1, table2 = class_constant_case(seed=3, shape=(16, 16, 16))
+    taps1 = [jnp.asarray(features_at(labels, table1, f, True)) for f in (8, 4, 2, 1)]
+    taps2 = [jnp.asarray(features_at(labels, table2, f, True)) for f in (8, 4, 2, 1)]
+    total = jax.jit(lambda k, a, b, lab: multi_tap_contrastive_loss(k, a, b, lab, alpha=0.5))(
+        jax.random.key(0), taps1, taps2, jnp.asarray(labels)
+    )
+    theirs = ref.contrastive_four_taps_loop(
+        [to_torch_channels_first(t) for t in taps1],
+        [to_torch_channels_first(t) for t in taps2],
+        torch.from_numpy(labels),
+        alpha=0.5,
+        generator=torch.Generator().manual_seed(0),
+    )
+    np.testing.assert_allclose(float(total), float(theirs), rtol=1e-5)
