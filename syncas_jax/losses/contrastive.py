@@ -73,7 +73,8 @@ def contrastive_item(
     neg = sample_with_replacement(key_neg, negative, num_anchor * neg_per_anchor)
     others = jnp.concatenate([anchor, neg])
     if pseudo_neg_per_anchor:
-        others = jnp.concatenate([others, sample_with_replacement(key_pseudo, pseudo, num_anchor * pseudo_neg_per_anchor)])
+        pseudo_neg = sample_with_replacement(key_pseudo, pseudo, num_anchor * pseudo_neg_per_anchor)
+        others = jnp.concatenate([others, pseudo_neg])
 
     a = f1[anchor]
     b = f2[others]
