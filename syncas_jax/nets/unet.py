@@ -14,6 +14,7 @@ checkpoint converter (`nets/convert.py`) can map `model.{i}` onto them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -23,6 +24,18 @@ import numpy as np
 
 NORMS = ("batch", "instance")
 PROJECTION_DIM = 128
+
+# nnU-Net's InitWeights_He(1e-2): kaiming normal, fan in, leaky-ReLU slope 0.01.
+he_normal = nn.initializers.variance_scaling(2.0 / (1 + 1e-2**2), "fan_in", "normal")
+
+
+def uniform_init(bound: float) -> Callable:
+    """uniform(−bound, bound): with bound 1/sqrt(fan_in) PyTorch nn.Linear's default for weight and bias."""
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
 def reflect_pad(x: jnp.ndarray, width: int = 1) -> jnp.ndarray:
@@ -51,14 +64,15 @@ class ConvBlock(nn.Module):
             (3, 3, 3),
             padding="VALID",
             use_bias=self.norm == "instance",
+            kernel_init=he_normal,
             dtype=self.dtype,
             name="conv",
         )(reflect_pad(x))
         if self.norm == "batch":
             # PyTorch momentum 0.1 is Flax momentum 0.9 (weight of the old running value).
-            x = nn.BatchNorm(
-                use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="norm"
-            )(x)
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype, name="norm")(
+                x
+            )
         else:
             x = nn.InstanceNorm(epsilon=1e-5, dtype=self.dtype, name="norm")(x)
         return nn.relu(x)
@@ -124,9 +138,16 @@ class UNet3D(nn.Module):
                 taps.append(x)
             x = block(features, f"dec{stage}_conv2")(x, train)
         taps.append(x)
-        logits = nn.Conv(self.num_classes, (3, 3, 3), padding="VALID", use_bias=False, dtype=self.dtype, name="head")(
-            reflect_pad(x)
+        head = nn.Conv(
+            self.num_classes,
+            (3, 3, 3),
+            padding="VALID",
+            use_bias=False,
+            kernel_init=he_normal,
+            dtype=self.dtype,
+            name="head",
         )
+        logits = head(reflect_pad(x))
         return logits, taps
 
 
@@ -143,11 +164,15 @@ class ProjectionHead(nn.Module):
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-        x = nn.Dense(self.dim, dtype=self.dtype, name="fc1")(x)
-        x = nn.relu(x)
-        x = nn.Dense(self.dim, dtype=self.dtype, name="fc2")(x)
+        for name, fan_in in (("fc1", x.shape[-1]), ("fc2", self.dim)):
+            if name == "fc2":
+                x = nn.relu(x)
+            init = uniform_init(1 / np.sqrt(fan_in))
+            x = nn.Dense(self.dim, kernel_init=init, bias_init=init, dtype=self.dtype, name=name)(x)
         x = x.astype(jnp.float32)
-        return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+        # = x / max(|x|, 1e-12) as F.normalize, with a gradient that stays finite at x = 0.
+        squared = jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), 1e-24)
+        return x * jax.lax.rsqrt(squared)
 
 
 class SynCASNet(nn.Module):
