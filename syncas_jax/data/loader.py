@@ -1,0 +1,304 @@
+"""grain input pipeline over the preprocessing cache: random patches with foreground oversampling.
+
+Cache layout (`syncas_jax.data.layout`): per case ``{id}.views.npy`` float32
+(V, Z, Y, X), ``{id}.label.npy`` int16 (Z, Y, X) branch labels, ``{id}.fg.npy`` int32
+(M, 3) foreground (z, y, x) indices, ``{id}.json``. Arrays are opened with
+``np.load(mmap_mode="r")`` on each access, so a patch reads only its own bytes.
+
+Batches are dicts ``{"views": float32 (B, V, Z, Y, X), "label": int16 (B, Z, Y, X)}``;
+voxels of a patch outside the volume are 0 in the views and -1 in the label (ignored
+by the contrastive loss, background for the segmentation target).
+
+Patch placement follows nnU-Net's ``get_bbox``: a volume smaller than the patch is
+centred with padding; otherwise the patch lies inside the volume. With probability
+`oversample_foreground` per item (an independent draw, not nnU-Net's fixed last third
+of the batch) the patch is centred on a random foreground voxel (it may then reach out
+of the volume at the upper end); a case without foreground falls back to a random patch.
+
+Training order: cases are shuffled per epoch (`EpochShuffle`) and repeated forever;
+every item's random draws come from grain's per-index generator, so a seed fixes the
+stream and the iterator state (``it.get_state()``, a JSON-able dict;
+``it.set_state(state)``) resumes it exactly. The stream depends on the seed and the
+number of workers. With worker processes, batches arrive in shared memory; call
+``it.close()`` when done to stop the workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from syncas_jax import io
+from syncas_jax.data.layout import IMAGE_PAD, LABEL_PAD, PATCH_SIZE, cache_paths
+
+
+class CacheSource:
+    """grain random-access source: item i = memory maps of case `case_ids[i]` (nothing read yet)."""
+
+    def __init__(self, cache_dir: str | os.PathLike, case_ids: Sequence[str]):
+        if not case_ids:
+            raise io.InputError(cache_dir, "no cases selected for the loader")
+        self.cache_dir = str(cache_dir)
+        self.case_ids = [str(c) for c in case_ids]
+        views = set()
+        for case_id in self.case_ids:
+            paths = cache_paths(cache_dir, case_id)
+            for path in paths.values():
+                if not path.exists():
+                    raise io.InputError(path, f"missing from the cache (case {case_id} not preprocessed)")
+            v, *_ = self._open(case_id, "views").shape
+            views.add(v)
+        if len(views) != 1:
+            raise io.InputError(cache_dir, f"selected cases have different numbers of views: {sorted(views)}")
+        self.num_views = views.pop()
+
+    def _open(self, case_id: str, kind: str) -> np.ndarray:
+        path = cache_paths(self.cache_dir, case_id)[kind]
+        try:
+            return np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as error:
+            raise io.InputError(path, f"cannot memory-map cached array ({error})") from None
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case_id = self.case_ids[index]
+        return {kind: self._open(case_id, kind) for kind in ("views", "label", "fg")}
+
+    def __repr__(self) -> str:
+        return f"CacheSource({self.cache_dir!r}, {len(self.case_ids)} cases)"
+
+
+class EpochShuffle(grain.MapDataset):
+    """The parent repeated forever, each epoch in a fresh seeded order (numpy permutation).
+
+    grain's ``shuffle`` uses a Feistel index shuffle that costs ~15 ms per index on a
+    handful of cases (fine from ~100); this one is O(1) per index at any size.
+    """
+
+    def __init__(self, parent: grain.MapDataset, seed: int):
+        super().__init__(parent)
+        self._seed = int(seed)
+        self._last: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def _order(self, epoch: int) -> np.ndarray:
+        cached_epoch, order = self._last
+        if cached_epoch != epoch:
+            order = np.random.default_rng([self._seed, epoch]).permutation(len(self._parent))
+            self._last = (epoch, order)
+        return order
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        epoch, position = divmod(index, len(self._parent))
+        return self._parent[int(self._order(epoch)[position])]
+
+    def __str__(self) -> str:
+        return f"EpochShuffle(seed={self._seed})"
+
+
+def patch_origin(
+    shape: Sequence[int],
+    patch_size: Sequence[int],
+    rng: np.random.Generator,
+    foreground: np.ndarray | None = None,
+) -> np.ndarray:
+    """Lower corner (voxels, may be negative) of a patch in a volume of `shape`, nnU-Net's get_bbox.
+
+    foreground: (M, 3) candidate centres; when given and non-empty, one is drawn and the
+    patch is centred on it (clipped at the lower bound only, as nnU-Net).
+    """
+    shape = np.asarray(shape)
+    patch = np.asarray(patch_size)
+    need = np.maximum(patch - shape, 0)
+    low = -(need // 2)
+    high = shape + need // 2 + need % 2 - patch
+    if foreground is not None and len(foreground):
+        centre = np.asarray(foreground[rng.integers(len(foreground))])
+        return np.maximum(low, centre - patch // 2)
+    return rng.integers(low, high + 1)
+
+
+def fill_patch(
+    views: np.ndarray,
+    label: np.ndarray,
+    origin: Sequence[int],
+    out_views: np.ndarray,
+    out_label: np.ndarray,
+) -> None:
+    """Copy the patch at `origin` of views (V, Z, Y, X) and label (Z, Y, X) into out_views (V, *patch)
+    and out_label (*patch); voxels outside the volume become 0 and -1."""
+    patch_size = out_label.shape
+    src, dst = [], []
+    for lo, size, extent in zip(origin, patch_size, label.shape):
+        a, b = min(max(lo, 0), extent), max(min(lo + size, extent), 0)
+        src.append(slice(a, max(a, b)))
+        dst.append(slice(a - lo, a - lo + max(b - a, 0)))
+    if any(d.stop - d.start != n for d, n in zip(dst, patch_size)):
+        out_views[...] = IMAGE_PAD
+        out_label[...] = LABEL_PAD
+    out_views[(slice(None), *dst)] = views[(slice(None), *src)]
+    out_label[tuple(dst)] = label[tuple(src)]
+
+
+def extract_patch(
+    views: np.ndarray, label: np.ndarray, origin: Sequence[int], patch_size: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Views (V, *patch) float32 and label (*patch) int16 at `origin`; outside the volume 0 and -1."""
+    out_views = np.empty((views.shape[0], *patch_size), np.float32)
+    out_label = np.empty(tuple(patch_size), np.int16)
+    fill_patch(views, label, origin, out_views, out_label)
+    return out_views, out_label
+
+
+class PatchPlanner(grain.transforms.RandomMap):
+    """grain RandomMap: draws where the patch of a case lies (reads no voxels).
+
+    With probability `oversample_foreground` the patch is centred on a random foreground voxel.
+    """
+
+    def __init__(self, patch_size: Sequence[int], oversample_foreground: float = 0.33):
+        self.patch_size = tuple(int(p) for p in patch_size)
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ValueError(f"patch_size must be 3 positive ints, got {patch_size}")
+        if not 0.0 <= oversample_foreground <= 1.0:
+            raise ValueError(f"oversample_foreground must lie in [0, 1], got {oversample_foreground}")
+        self.oversample_foreground = float(oversample_foreground)
+
+    def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        force = rng.random() < self.oversample_foreground
+        origin = patch_origin(element["label"].shape, self.patch_size, rng, element["fg"] if force else None)
+        return {"views": element["views"], "label": element["label"], "origin": origin}
+
+
+class PatchBatcher:
+    """grain batch_fn: copies each planned patch straight into the batch arrays.
+
+    Inside grain worker processes the batch arrays are allocated in shared memory, so
+    every voxel is copied once, from the memory-mapped cache into the array the
+    training process receives.
+    """
+
+    def __init__(self, patch_size: Sequence[int]):
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self._shared_memory = False
+
+    def enable_shared_memory_output(self) -> None:
+        self._shared_memory = True
+
+    def _empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        if self._shared_memory:
+            from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+            return SharedMemoryArray(shape, dtype)
+        return np.empty(shape, dtype)
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+        views = self._empty((len(items), items[0]["views"].shape[0], *self.patch_size), np.float32)
+        label = self._empty((len(items), *self.patch_size), np.int16)
+        for i, item in enumerate(items):
+            fill_patch(item["views"], item["label"], item["origin"], views[i], label[i])
+        return {"views": views, "label": label}
+
+
+def _absl_flags_parsed() -> None:
+    """grain ≤ 0.2.18 reads an absl flag in mp_prefetch and fails unless flags were parsed (google/grain#1355)."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _pipeline(
+    ds: grain.MapDataset,
+    patch_size: Sequence[int],
+    batch_size: int,
+    oversample_foreground: float,
+    workers: int,
+    threads: int,
+) -> grain.IterDataset:
+    ds = ds.random_map(PatchPlanner(patch_size, oversample_foreground))
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * batch_size)
+    it = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True, batch_fn=PatchBatcher(patch_size))
+    if workers > 0:
+        _absl_flags_parsed()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+    return it
+
+
+def make_train_loader(
+    cache_dir: str | os.PathLike,
+    case_ids: Sequence[str],
+    patch_size: Sequence[int] = PATCH_SIZE,
+    batch_size: int = 4,
+    seed: int = 0,
+    oversample_foreground: float = 0.33,
+    workers: int = 2,
+    *,
+    threads: int = 2,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> grain.IterDataset:
+    """Endless training batches {"views": float32 (B, V, *patch), "label": int16 (B, *patch)}.
+
+    `iter(loader)` gives a grain DatasetIterator: ``get_state()`` returns a JSON-able
+    dict for the checkpoint, ``set_state(state)`` resumes exactly (same seed, workers).
+    workers: worker processes (0 = in this process); threads: read threads per worker.
+    shard_index/shard_count: this host's share of the item stream (multi-host training).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+    ds = EpochShuffle(grain.MapDataset.source(CacheSource(cache_dir, case_ids)), seed).seed(seed)
+    if shard_count > 1:
+        ds = ds[shard_index::shard_count]
+    return _pipeline(ds, patch_size, batch_size, oversample_foreground, workers, threads)
+
+
+def make_val_loader(
+    cache_dir: str | os.PathLike,
+    case_ids: Sequence[str],
+    patch_size: Sequence[int] = PATCH_SIZE,
+    batch_size: int = 4,
+    num_batches: int | None = None,
+    seed: int = 0,
+    oversample_foreground: float = 0.33,
+    workers: int = 0,
+    *,
+    threads: int = 2,
+) -> grain.IterDataset:
+    """Finite, identical on every pass: `num_batches` batches of patches cycling through the cases in order.
+
+    num_batches: default ceil(len(case_ids) / batch_size), every case at least once.
+    """
+    if num_batches is None:
+        num_batches = math.ceil(len(case_ids) / batch_size)
+    ds = grain.MapDataset.source(CacheSource(cache_dir, case_ids)).repeat()[: num_batches * batch_size].seed(seed)
+    return _pipeline(ds, patch_size, batch_size, oversample_foreground, workers, threads)
+
+
+def split_cases(case_ids: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Seeded random split of sorted case ids into (train, val); val gets round(fraction·n) cases.
+
+    At least one case each when there are ≥ 2 cases and 0 < val_fraction < 1.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    ids = sorted(str(c) for c in case_ids)
+    n_val = round(val_fraction * len(ids))
+    if val_fraction > 0 and len(ids) >= 2:
+        n_val = min(max(n_val, 1), len(ids) - 1)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    val = sorted(ids[i] for i in order[:n_val])
+    train = sorted(ids[i] for i in order[n_val:])
+    return train, val
