@@ -73,7 +73,8 @@ def read_volume(path: str | os.PathLike, *, dtype: Any = np.float32, allow_nan: 
         data = np.asanyarray(image.dataobj)
     except Exception as error:  # nibabel raises many types for corrupt files
         raise InputError(path, f"cannot read NIfTI ({type(error).__name__}: {error})") from None
-    data = np.squeeze(data, axis=tuple(range(3, data.ndim))) if data.ndim > 3 else data
+    if data.ndim > 3 and all(size == 1 for size in data.shape[3:]):
+        data = data.reshape(data.shape[:3])  # trailing singleton axes (e.g. x, y, z, 1)
     if data.ndim != 3:
         raise InputError(path, f"expected a 3D image, got {data.ndim}D with shape {tuple(image.shape)}")
     array = np.ascontiguousarray(np.transpose(data, (2, 1, 0))).astype(dtype, copy=False)
@@ -152,6 +153,8 @@ def volume_from_array(
     if affine is None:
         affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
     data = np.transpose(np.asarray(array_zyx), (2, 1, 0))
+    if data.dtype == bool:
+        data = data.astype(np.uint8)  # NIfTI has no boolean type
     header = nib.Nifti1Image(data, affine).header
     header.set_zooms((spacing[2], spacing[1], spacing[0]))
     return Volume(array=np.asarray(array_zyx), spacing=tuple(float(s) for s in spacing), affine=affine, header=header)

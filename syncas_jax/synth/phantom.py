@@ -1,0 +1,390 @@
+"""Procedural labelled chest phantom: a CTA-like volume with TotalSegmentator-style labels.
+
+`make_phantom` draws a cardiac-FOV chest (body, fat, muscle, ribs, sternum, spine, lungs,
+liver, stomach, oesophagus, great vessels, heart chambers, myocardium) and a coronary
+tree rising from the aortic root (left main → LAD with diagonals, LCx with an obtuse
+marginal; RCA → acute marginal, PDA) lying in the epicardial fat. Two side branches are
+interrupted, so the coronary label has several disconnected segments besides the
+separate left and right trees. Intensities are contrast-phase (lumen ≈ 330–430 HU,
+myocardium ≈ 110, fat −100, lung −850, bone 220/800) with partial-volume blur and noise.
+
+Geometry is set in units of L = half the in-plane field of view (physical proportions
+kept along z unless the z field of view is under ±0.6 L, then it is squeezed to fit), so
+any (Z, Y, X) and spacing gives the same anatomy; vessel radii
+are floored at 0.7 in-plane voxels so tiny test volumes keep a visible tree. Arrays are
+(z, y, x): z inferior → superior, y anterior → posterior, x patient right → left
+(affine diag(−sx, −sy, sz), radiological display). Deterministic per seed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+from scipy.spatial import cKDTree
+
+from syncas_jax import io
+from syncas_jax.synth.hu_table import CORONARY_ID
+
+# Label ids (TotalSegmentator `total` as is, `heartchambers_highres` + 117, coronary 128).
+LIVER, STOMACH, ESOPHAGUS = 5, 6, 15
+LUNG_LEFT, LUNG_RIGHT = 11, 13  # lower left lobe, middle right lobe stand for the lungs
+VERTEBRA, SPINAL_CORD = 36, 79  # vertebrae_T8
+AORTA_TOTAL, PULMONARY_VEIN, LAA, SVC, IVC, PORTAL_VEIN = 52, 53, 61, 62, 63, 64
+RIB_LEFT, RIB_RIGHT, STERNUM = 96, 108, 116
+MYOCARDIUM, LEFT_ATRIUM, LEFT_VENTRICLE, RIGHT_ATRIUM, RIGHT_VENTRICLE, AORTA, PULMONARY_ARTERY = range(118, 125)
+CORONARY = CORONARY_ID
+
+Vec = tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """Voxel grid: shape (Z, Y, X), spacing (mm), per-axis unit lengths (mm); coordinates (w, v, u) in those units."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    scale: tuple[float, float, float]
+
+    @property
+    def voxel(self) -> np.ndarray:
+        """Voxel size per axis in grid units, (3,)."""
+        return np.asarray(self.spacing) / np.asarray(self.scale)
+
+    def axes(self, box: tuple[slice, slice, slice] | None = None) -> list[np.ndarray]:
+        """Broadcastable (w, v, u) coordinate arrays (L units) of the voxels in `box`."""
+        box = box or tuple(slice(0, n) for n in self.shape)
+        out = []
+        for axis, (n, size, sl) in enumerate(zip(self.shape, self.voxel, box)):
+            values = (np.arange(sl.start, sl.stop, dtype=np.float32) - (n - 1) / 2) * np.float32(size)
+            out.append(values.reshape([-1 if a == axis else 1 for a in range(3)]))
+        return out
+
+    def box(self, low: np.ndarray, high: np.ndarray) -> tuple[slice, slice, slice] | None:
+        """Voxel index box covering the L-unit (w, v, u) box [low, high]; None if it misses the grid."""
+        slices = []
+        for n, size, lo, hi in zip(self.shape, self.voxel, low, high):
+            start = max(0, int(np.floor(lo / size + (n - 1) / 2)))
+            stop = min(n, int(np.ceil(hi / size + (n - 1) / 2)) + 1)
+            if start >= stop:
+                return None
+            slices.append(slice(start, stop))
+        return tuple(slices)
+
+
+class _Canvas:
+    """Image (HU) and label volumes painted structure by structure (later paint wins)."""
+
+    def __init__(self, grid: _Grid):
+        self.grid = grid
+        self.image = np.full(grid.shape, -1000.0, np.float32)
+        self.labels = np.zeros(grid.shape, np.int16)
+
+    def paint(self, mask: np.ndarray, label: int | None, hu: float, box: tuple[slice, ...] | None = None) -> None:
+        box = box or (slice(None),) * 3
+        mask = np.broadcast_to(mask, self.image[box].shape)
+        self.image[box][mask] = hu
+        if label is not None:
+            self.labels[box][mask] = label
+
+    def tube(self, points: np.ndarray, radii: np.ndarray, label: int | None, hu: float) -> None:
+        """Paint the union of balls of `radii` (L units) at `points` (P, 3) (w, v, u), sampled densely."""
+        grid = self.grid
+        reach = float(radii.max()) + float(grid.voxel.max())
+        box = grid.box(points.min(0) - reach, points.max(0) + reach)
+        if box is None:
+            return
+        w, v, u = grid.axes(box)
+        coords = np.stack(np.broadcast_arrays(w, v, u), axis=-1).reshape(-1, 3)
+        distance, index = cKDTree(points).query(coords, distance_upper_bound=float(radii.max()))
+        hit = np.isfinite(distance)
+        inside = np.zeros(len(coords), bool)
+        inside[hit] = distance[hit] <= radii[index[hit]]
+        self.paint(inside.reshape(self.image[box].shape), label, hu, box)
+
+    def line(self, points: np.ndarray, label: int, hu: float) -> None:
+        """Paint a 6-connected voxel line through densely sampled `points` (P, 3) (w, v, u) L units."""
+        grid = self.grid
+        centre = (np.asarray(grid.shape) - 1) / 2
+        index = np.rint(points / grid.voxel + centre).astype(np.int64)
+        step = np.diff(index, axis=0)
+        near = np.abs(step).max(axis=1) <= 1  # not across a gap
+        corner_z = (index[:-1] + step * np.array([1, 0, 0]))[near]
+        corner_zy = (index[:-1] + step * np.array([1, 1, 0]))[near]
+        voxels = np.concatenate([index, corner_z, corner_zy])
+        voxels = voxels[np.all((voxels >= 0) & (voxels < np.asarray(grid.shape)), axis=1)]
+        self.image[tuple(voxels.T)] = hu
+        self.labels[tuple(voxels.T)] = label
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _polyline(control: np.ndarray, step: float) -> np.ndarray:
+    """Points every `step` along the polyline through `control` (K, 3)."""
+    segments = np.linalg.norm(np.diff(control, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(segments)])
+    s = np.linspace(0.0, arc[-1], max(2, int(np.ceil(arc[-1] / step)) + 1))
+    return np.stack([np.interp(s, arc, control[:, k]) for k in range(3)], axis=1)
+
+
+def _ellipsoid(local: np.ndarray, centre: Vec, semi: Vec) -> np.ndarray:
+    """Boolean: points local (..., 3) inside the axis-aligned ellipsoid."""
+    q = ((local - np.asarray(centre, np.float32)) / np.asarray(semi, np.float32)) ** 2
+    return q.sum(-1) <= 1.0
+
+
+class _Heart:
+    """Chambers as ellipsoids in a heart frame (e1 base → apex, e2 towards the LV, e3 anterior)."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.centre = np.array([-0.05, -0.12, 0.12]) + rng.uniform(-0.03, 0.03, 3)
+        e1 = _unit(np.array([-0.45, -0.5, 0.75]) + rng.uniform(-0.08, 0.08, 3))
+        anterior = np.array([0.0, -1.0, 0.0])
+        e3 = _unit(anterior - anterior.dot(e1) * e1)
+        e2 = np.cross(e3, e1)
+        e2 = e2 if e2[2] > 0 else -e2
+        self.frame = np.stack([e1, e2, e3], axis=1)  # columns: heart axes in (w, v, u)
+        k = rng.uniform(0.92, 1.08)
+        self.size = k
+        # (name, label, centre, semi-axes) in the heart frame, L units.
+        self.lv_outer = ((0.08 * k, 0.07 * k, 0.0), (0.36 * k, 0.25 * k, 0.25 * k))
+        self.lv = ((0.1 * k, 0.08 * k, 0.0), (0.27 * k, 0.15 * k, 0.15 * k))
+        self.rv = ((0.05 * k, -0.2 * k, 0.05 * k), (0.3 * k, 0.14 * k, 0.24 * k))
+        self.rv_outer = (self.rv[0], tuple(a + 0.035 * k for a in self.rv[1]))
+        self.la = ((-0.32 * k, 0.08 * k, -0.14 * k), (0.16 * k, 0.17 * k, 0.13 * k))
+        self.ra = ((-0.28 * k, -0.2 * k, -0.02 * k), (0.17 * k, 0.13 * k, 0.14 * k))
+        self.laa = ((-0.22 * k, 0.22 * k, 0.09 * k), (0.09 * k, 0.05 * k, 0.05 * k))
+        self.fat = ((0.0, -0.04 * k, 0.0), (0.5 * k, 0.4 * k, 0.36 * k))
+        self.root = (-0.38 * k, -0.02 * k, 0.06 * k)  # aortic valve
+        self.rvot = (-0.3 * k, -0.16 * k, 0.2 * k)  # pulmonary valve
+
+    def to_world(self, local: np.ndarray) -> np.ndarray:
+        return self.centre + np.asarray(local) @ self.frame.T
+
+    def to_local(self, world: np.ndarray) -> np.ndarray:
+        return (np.asarray(world) - self.centre) @ self.frame
+
+    def inside_muscle(self, local: np.ndarray) -> np.ndarray:
+        """Points inside any chamber or myocardium (the surface the coronaries lie on)."""
+        parts = (self.lv_outer, self.rv_outer, self.la, self.ra, self.laa)
+        return np.any([_ellipsoid(local, c, s) for c, s in parts], axis=0)
+
+    def surface(self, ell: np.ndarray, phi_deg: np.ndarray, offset: float) -> np.ndarray:
+        """World points `offset` outside the muscle along rays from the centre at (ℓ, φ) (arrays (P,))."""
+        phi = np.deg2rad(phi_deg)
+        direction = _unit(np.stack([ell, np.sqrt(1 - ell**2) * np.cos(phi), np.sqrt(1 - ell**2) * np.sin(phi)], 1))
+        radius = np.linspace(0.0, 0.8, 321)
+        samples = direction[:, None, :] * radius[None, :, None]
+        inside = self.inside_muscle(samples)
+        last = inside.shape[1] - 1 - np.argmax(inside[:, ::-1], axis=1)
+        return self.to_world(direction * (radius[last] + offset)[:, None])
+
+
+NOMINAL_SCALE_MM = 100.0  # vessel calibres below are in mm for L = 100 mm and scale with L
+
+
+def _coronary_tree(heart: _Heart, rng: np.random.Generator, min_radius: float, voxel: float, step: float):
+    """Coronary branches as [(points (P, 3) world L units, radii (P,))]; two side branches have a gap.
+
+    min_radius: radius floor; voxel: the largest voxel size (both L units).
+    """
+    mm = heart.size / NOMINAL_SCALE_MM
+
+    def lift(controls: list[tuple[float, float]], offset: float) -> np.ndarray:
+        """Dense surface points through (ℓ, φ°) control points (φ jittered by ±6°)."""
+        ell = np.array([c[0] for c in controls], float)
+        phi = np.array([c[1] + rng.uniform(-6, 6) for c in controls], float)
+        dense = _polyline(np.stack([ell, phi / 90.0, np.zeros_like(ell)], 1), 0.01)
+        return heart.surface(np.clip(dense[:, 0], -0.97, 0.97), dense[:, 1] * 90.0, offset)
+
+    def vessel(start: np.ndarray, controls: list[tuple[float, float]], r0: float, r1: float):
+        """A branch from world point `start` along the heart surface, radius r0 → r1 mm (tapering)."""
+        points = _polyline(np.concatenate([start[None], lift(controls, max(r0 * mm, min_radius))]), step)
+        return points, np.maximum(np.linspace(r0, r1, len(points)) * mm, min_radius)
+
+    def at(branch, fraction: float) -> np.ndarray:
+        return branch[0][int(fraction * (len(branch[0]) - 1))]
+
+    root = heart.to_world(heart.root)
+    aorta_radius = 0.12 * heart.size
+
+    def ostium(towards: np.ndarray) -> np.ndarray:
+        return root + _unit(towards - root) * aorta_radius * 0.9
+
+    lm_end = lift([(-0.55, 70.0)], 2.2 * mm)[0]
+    lm = vessel(ostium(lm_end), [(-0.55, 70.0)], 2.2, 2.0)
+    lad = vessel(lm_end, [(-0.45, 80), (-0.3, 85), (0.2, 100), (0.7, 97), (0.95, 90)], 1.9, 0.9)
+    lcx = vessel(lm_end, [(-0.55, 50), (-0.5, 20), (-0.48, -30), (-0.45, -85)], 1.7, 0.9)
+    d1 = vessel(at(lad, 0.3), [(0.1, 75), (0.45, 35)], 1.2, 0.7)
+    d2 = vessel(at(lad, 0.6), [(0.5, 80), (0.75, 45)], 1.1, 0.7)
+    om = vessel(at(lcx, 0.5), [(-0.3, -8), (0.45, -10)], 1.2, 0.7)
+    rca_start = lift([(-0.5, 150.0)], 2.0 * mm)[0]
+    rca = vessel(ostium(rca_start), [(-0.5, 150), (-0.5, 200), (-0.45, 245), (-0.4, 265)], 1.9, 1.1)
+    am = vessel(at(rca, 0.45), [(-0.3, 200), (0.3, 195)], 1.0, 0.6)
+    pda = vessel(at(rca, 1.0), [(-0.2, 263), (0.6, 262)], 1.1, 0.7)
+    branches = [lm, lad, lcx, d1, d2, om, rca, am, pda]
+    for index in rng.choice([3, 4, 5, 7, 8], size=2, replace=False):  # interrupt two side branches
+        points, radii = branches[index]
+        arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+        gap = 2 * radii.max() + 2.5 * voxel
+        middle = rng.uniform(0.45, 0.75) * arc[-1]
+        keep = np.abs(arc - middle) > gap / 2
+        branches[index] = (points[keep], radii[keep])
+    return branches
+
+
+def make_phantom(
+    shape: tuple[int, int, int] = (128, 256, 256),
+    spacing: tuple[float, float, float] = (1.0, 0.8, 0.8),
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A labelled CTA-like chest volume.
+
+    shape: (Z, Y, X) voxels; spacing: (z, y, x) mm. Returns image float32 (Z, Y, X) in HU,
+    labels int16 (Z, Y, X) with the ids of the SPEC table (and a few more: lungs, bone,
+    descending aorta 52, portal vein 64), and the 4×4 NIfTI affine (for (x, y, z) indices).
+    """
+    rng = np.random.default_rng(seed)
+    scale = min(shape[1] * spacing[1], shape[2] * spacing[2]) / 2
+    # Short z fields of view are squeezed so that w spans at least ±0.6 (liver, stomach, great vessels in view).
+    scale_z = min(scale, shape[0] * spacing[0] / 2 / 0.6)
+    grid = _Grid(tuple(int(n) for n in shape), tuple(float(s) for s in spacing), (scale_z, scale, scale))
+    canvas = _Canvas(grid)
+    w, v, u = grid.axes()
+    min_radius = 0.7 * float(grid.voxel[1:].min())
+    step = 0.3 * min(float(grid.voxel.min()), min_radius)
+    contrast = rng.uniform(330, 430)
+    right_heart = contrast * rng.uniform(0.7, 0.9)
+
+    def vertical(centre_vu: tuple[float, float], radius: float, z_range=(-9.0, 9.0), tilt=(0.0, 0.0)) -> np.ndarray:
+        """Points along a straight tube through (w=0, v, u) with direction (1, tilt_v, tilt_u)."""
+        ends = [np.array([z, centre_vu[0] + z * tilt[0], centre_vu[1] + z * tilt[1]]) for z in z_range]
+        return _polyline(np.stack(ends), step), radius
+
+    # Body wall, ribs, lungs, mediastinal fat.
+    body = ((v - 0.05) / 0.72) ** 2 + (u / 0.96) ** 2
+    canvas.paint(body <= 1, None, -100.0)
+    canvas.paint(body <= 0.9**2, None, 50.0)
+    angle = np.arctan2(v - 0.05, u)
+    ribs = (body >= 0.8**2) & (body <= 0.84**2) & (np.cos(9 * angle + 6 * w) > 0.2)
+    canvas.paint(ribs & (u >= 0), RIB_LEFT, 800.0)
+    canvas.paint(ribs & (u < 0), RIB_RIGHT, 800.0)
+    chest = body <= 0.8**2
+    canvas.paint(chest, None, -90.0)
+    for side, label in ((1, LUNG_LEFT), (-1, LUNG_RIGHT)):
+        lung = ((u - side * 0.48) / 0.37) ** 2 + ((v - 0.02) / 0.53) ** 2 <= 1
+        canvas.paint(lung & chest, label, -850.0)
+    sternum = ((v + 0.62) / 0.035) ** 2 + (u / 0.08) ** 2
+    canvas.paint(sternum <= 1, STERNUM, 800.0)
+    canvas.paint(sternum <= 0.6, STERNUM, 350.0)
+    vertebra = (v - 0.52) ** 2 + u**2
+    canvas.paint(vertebra <= 0.11**2, VERTEBRA, 800.0)
+    canvas.paint(vertebra <= 0.09**2, VERTEBRA, 220.0)
+    canvas.paint((v - 0.68) ** 2 + u**2 <= 0.045**2, SPINAL_CORD, 15.0)
+    for side in (1, -1):
+        canvas.paint(((v - 0.72) / 0.08) ** 2 + ((u - side * 0.2) / 0.11) ** 2 <= 1, None, 50.0)
+
+    # Abdomen below the diaphragm.
+    liver_centre = np.array([-0.75, 0.05, -0.35]) + rng.uniform(-0.04, 0.04, 3)
+    liver = (
+        ((w - liver_centre[0]) / 0.5) ** 2 + ((v - liver_centre[1]) / 0.52) ** 2 + ((u - liver_centre[2]) / 0.55) ** 2
+    )
+    canvas.paint((liver <= 1) & chest, LIVER, rng.uniform(90, 115))
+    stomach = ((w + 0.8) / 0.32) ** 2 + ((v + 0.1) / 0.25) ** 2 + ((u - 0.45) / 0.25) ** 2 <= 1
+    canvas.paint(stomach & chest, STOMACH, 25.0)
+    canvas.paint(stomach & chest & (w > -0.56) & (v < -0.1), STOMACH, -1000.0)  # gas cap
+    portal = _polyline(np.array([[-0.95, 0.12, -0.05], [-0.82, 0.05, -0.25], [-0.78, 0.02, -0.5]]), step)
+    canvas.tube(portal, np.full(len(portal), 0.035), PORTAL_VEIN, 170.0)
+
+    # Posterior mediastinum.
+    points, radius = vertical((0.42, 0.15), 0.085)
+    canvas.tube(points, np.full(len(points), radius), AORTA_TOTAL, contrast)
+    points, radius = vertical((0.31, 0.01), 0.045)
+    canvas.tube(points, np.full(len(points), radius), ESOPHAGUS, 40.0)
+    points, radius = vertical((0.31, 0.01), 0.012)
+    canvas.tube(points, np.full(len(points), radius), ESOPHAGUS, -1000.0)
+
+    # Heart: epicardial fat, chambers, myocardium.
+    heart = _Heart(rng)
+    reach = 0.65
+    box = grid.box(heart.centre - reach, heart.centre + reach)
+    if box is not None:
+        hw, hv, hu = grid.axes(box)
+        local = heart.to_local(np.stack(np.broadcast_arrays(hw, hv, hu), axis=-1))
+
+        def paint(part, label, hu_value, minus=None):
+            mask = _ellipsoid(local, *part)
+            if minus is not None:
+                mask &= ~_ellipsoid(local, *minus)
+            canvas.paint(mask, label, hu_value, box)
+
+        paint(heart.fat, None, -100.0)
+        myocardium_hu = rng.uniform(100, 130)
+        paint(heart.rv_outer, MYOCARDIUM, myocardium_hu)
+        paint(heart.rv, RIGHT_VENTRICLE, right_heart, minus=heart.lv_outer)
+        paint(heart.lv_outer, MYOCARDIUM, myocardium_hu)
+        paint(heart.lv, LEFT_VENTRICLE, contrast)
+        paint(heart.ra, RIGHT_ATRIUM, right_heart)
+        paint(heart.la, LEFT_ATRIUM, contrast)
+        paint(heart.laa, LAA, contrast)
+
+    # Great vessels attached to the heart.
+    up = np.array([1.0, 0.0, 0.0])
+    root = heart.to_world(heart.root)
+    aorta = _polyline(np.stack([root, root + np.array([0.5, -0.02, -0.06]), root + np.array([2.0, 0.1, -0.1])]), step)
+    canvas.tube(aorta, np.full(len(aorta), 0.12 * heart.size), AORTA, contrast)
+    rvot = heart.to_world(heart.rvot)
+    pa = _polyline(np.stack([rvot, rvot + np.array([0.35, 0.1, 0.05]), rvot + np.array([0.6, 0.45, 0.1])]), step)
+    canvas.tube(pa, np.full(len(pa), 0.1 * heart.size), PULMONARY_ARTERY, right_heart)
+    ra_top = heart.to_world((-0.35 * heart.size, -0.24 * heart.size, -0.04 * heart.size))
+    svc = _polyline(np.stack([ra_top, ra_top + 2.0 * up]), step)
+    canvas.tube(svc, np.full(len(svc), 0.065), SVC, contrast * 1.3)
+    ra_bottom = heart.to_world((-0.16 * heart.size, -0.26 * heart.size, -0.14 * heart.size))
+    ivc = _polyline(np.stack([ra_bottom, ra_bottom + np.array([-2.0, 0.3, 0.0])]), step)
+    canvas.tube(ivc, np.full(len(ivc), 0.075), IVC, 140.0)
+    la = heart.to_world(heart.la[0])
+    for dw, side in ((0.1, 1), (-0.1, 1), (0.1, -1), (-0.1, -1)):
+        vein = _polyline(np.stack([la, la + np.array([dw, 0.1, side * 0.45])]), step)
+        canvas.tube(vein, np.full(len(vein), 0.035), PULMONARY_VEIN, contrast)
+
+    # Coronary arteries, drawn last.
+    for points, radii in _coronary_tree(heart, rng, min_radius, float(grid.voxel.max()), step):
+        if len(points):
+            canvas.tube(points, radii, CORONARY, contrast)
+            canvas.line(points, CORONARY, contrast)  # keeps thin vessels 6-connected across thick slices
+
+    image = gaussian_filter(canvas.image, sigma=0.5) + rng.normal(0.0, 18.0, shape).astype(np.float32)
+    return image.astype(np.float32), canvas.labels, phantom_affine(shape, spacing)
+
+
+def phantom_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+    """NIfTI affine for (x, y, z) indices: x → patient left, y → posterior, z → superior; centre at 0 mm."""
+    affine = np.diag([-spacing[2], -spacing[1], spacing[0], 1.0])
+    centre = np.array([(shape[2] - 1) / 2, (shape[1] - 1) / 2, (shape[0] - 1) / 2])
+    affine[:3, 3] = -affine[:3, :3] @ centre
+    return affine
+
+
+def write_phantom_case(
+    folder: str | os.PathLike,
+    case_id: str,
+    shape: tuple[int, int, int] = (128, 256, 256),
+    spacing: tuple[float, float, float] = (1.0, 0.8, 0.8),
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """Write `{case_id}.img.nii.gz` (int16 HU) and `{case_id}.label.nii.gz` (uint8 label map), atomically.
+
+    The label is written last, so its presence marks a complete case. Returns both paths.
+    """
+    image, labels, affine = make_phantom(shape, spacing, seed)
+    like = io.volume_from_array(image, spacing, affine)
+    folder = Path(folder)
+    image_path, label_path = folder / f"{case_id}.img.nii.gz", folder / f"{case_id}.label.nii.gz"
+    io.write_volume(image, image_path, like, dtype=np.int16)
+    io.write_volume(labels, label_path, like, dtype=np.uint8)
+    return image_path, label_path

@@ -1,0 +1,174 @@
+"""HU reassignment, phantom, plaques and whole-case rendering of the data engine."""
+
+from __future__ import annotations
+
+import cc3d
+import jax
+import numpy as np
+import pytest
+from scipy.ndimage import binary_dilation
+from skimage.morphology import disk
+
+from syncas_jax.synth import hu_table
+from syncas_jax.synth.engine import case_seed, render_case, render_view
+from syncas_jax.synth.hu import draw_hu_values, reassign_hu
+from syncas_jax.synth.phantom import make_phantom
+from syncas_jax.synth.plaques import MAX_PLAQUES, coronary_centreline, insert_plaques
+
+SHAPE, SPACING = (16, 64, 64), (1.0, 0.5, 0.5)
+SPEC_IDS = {entry[0] for entry in hu_table.REFERENCE}
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(SHAPE, SPACING, seed=5)
+
+
+def reassign_hu_reference(image, labels, values, table):
+    """Plain restatement: per structure in table order, per-slice disk-2 dilation, overwrite."""
+    out = np.asarray(image, np.float32).copy()
+    footprint = disk(2).astype(bool)[None]  # in-plane only
+    for (label_id, _, _), value in zip(table, np.asarray(values)):
+        out[binary_dilation(labels == label_id, structure=footprint)] = value
+    return out
+
+
+@pytest.mark.parametrize("table_name", ["reference", "extended"])
+def test_reassign_hu_matches_sequential_dilation(table_name):
+    table = hu_table.get_table(table_name)
+    rng = np.random.default_rng(0)
+    ids = np.array([0, 52, 123, 128, 118, 120, 5, 15, 64, 7])
+    labels = ids[rng.integers(0, len(ids), (3, 24, 20))]
+    labels[1, 5:12, 4:9] = 128  # blocks so that dilations overlap
+    labels[1, 9:15, 6:14] = 118
+    image = rng.normal(300, 50, labels.shape).astype(np.float32)
+    key = jax.random.key(4)
+    ours = np.asarray(reassign_hu(image, labels.astype(np.int16), key, table))
+    expected = reassign_hu_reference(image, labels, draw_hu_values(key, table), table)
+    np.testing.assert_array_equal(ours, expected)
+    untouched = ~binary_dilation(np.isin(labels, [e[0] for e in table]), structure=disk(2).astype(bool)[None])
+    np.testing.assert_array_equal(ours[untouched], image[untouched])
+
+
+def test_hu_draws_offsets_with_probability_half():
+    keys = jax.random.split(jax.random.key(0), 2000)
+    values = np.asarray(jax.vmap(lambda k: draw_hu_values(k, hu_table.REFERENCE))(keys))
+    base = np.array([hu for _, _, hu in hu_table.REFERENCE])
+    offset = values - base
+    assert np.abs(offset).max() <= 200
+    shifted = np.abs(offset) > 1e-4
+    assert abs(shifted.mean() - 0.5) < 0.02
+    assert abs(offset[shifted].mean()) < 10 and offset[shifted].std() == pytest.approx(400 / np.sqrt(12), rel=0.05)
+    same = np.asarray(draw_hu_values(keys[0], hu_table.REFERENCE))
+    np.testing.assert_array_equal(same, values[0])
+
+
+def test_extended_table_covers_reference_and_great_vessels():
+    ref_ids = [e[0] for e in hu_table.REFERENCE]
+    ext_ids = [e[0] for e in hu_table.EXTENDED]
+    assert ext_ids[-len(ref_ids) :] == ref_ids  # reference entries keep the last word
+    assert {52, 54, 55, 56, 57, 58, 59, 60, 64} <= set(ext_ids)
+    assert all(35 <= hu <= 40 for i, _, hu in hu_table.EXTENDED if i not in {118, 5, 6})
+    with pytest.raises(ValueError, match="unknown HU table"):
+        hu_table.get_table("bogus")
+
+
+def test_phantom_labels_intensities_geometry(phantom):
+    image, labels, affine = phantom
+    assert image.shape == labels.shape == SHAPE and image.dtype == np.float32 and labels.dtype == np.int16
+    assert set(np.unique(labels).tolist()) >= SPEC_IDS
+    np.testing.assert_allclose(np.abs(np.diag(affine)[:3]), SPACING[::-1])
+
+    def median(label_id):
+        return float(np.median(image[labels == label_id]))
+
+    for lumen in (120, 119, 123, 128):
+        assert 250 <= median(lumen) <= 450, lumen
+    assert 80 <= median(118) <= 150
+    assert median(11) < -700 and median(13) < -700
+    assert median(116) > 300  # sternum (bone)
+    assert np.median(image[(labels == 0) & (image > -500) & (image < 0)]) < -50  # fat
+    components = cc3d.connected_components(labels == 128, connectivity=6)
+    assert components.max() >= 3  # left tree, right tree, interrupted branches
+
+
+def test_phantom_deterministic_any_shape():
+    a = make_phantom((6, 40, 52), (2.0, 0.6, 0.6), seed=2)
+    b = make_phantom((6, 40, 52), (2.0, 0.6, 0.6), seed=2)
+    c = make_phantom((6, 40, 52), (2.0, 0.6, 0.6), seed=3)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], c[0])
+    assert a[0].shape == (6, 40, 52) and np.any(a[1] == 128)
+
+
+def test_plaques_on_the_coronary_tree(phantom):
+    image, labels, _ = phantom
+    mask = labels == 128
+    centreline = coronary_centreline(mask, SPACING)
+    assert len(centreline.points) > 10 and np.all(mask[tuple(centreline.points.T)])
+    np.testing.assert_allclose(np.linalg.norm(centreline.tangent, axis=1), 1.0, atol=1e-6)
+    kinds, counts = [], []
+    for seed in range(40):
+        out, records = insert_plaques(image, mask, centreline, SPACING, np.random.default_rng(seed))
+        counts.append(len(records))
+        for r in records:
+            kinds.append(r["kind"])
+            low, high = (300, 1000) if r["kind"] == "calcified" else (50, 150)
+            assert low <= r["hu"] <= high and r["voxels"] >= 0
+            centre = np.array(r["center_zyx"])
+            near = np.argwhere(mask) - centre
+            assert np.min(np.linalg.norm(near * SPACING, axis=1)) <= r["radius_mm"] + 2 * max(SPACING)
+        if not records:
+            np.testing.assert_array_equal(out, image)
+    assert min(counts) >= 0 and max(counts) <= MAX_PLAQUES and len(set(counts)) > 5
+    assert 0.5 < np.mean(np.array(kinds) == "calcified") < 0.8
+
+
+def test_calcified_plaque_visible_in_image(phantom):
+    image, labels, _ = phantom
+    mask = labels == 128
+    centreline = coronary_centreline(mask, SPACING)
+    flat = np.zeros_like(image)
+    for seed in range(20):
+        out, records = insert_plaques(flat, mask, centreline, SPACING, np.random.default_rng(seed))
+        big = [r for r in records if r["kind"] == "calcified" and r["voxels"] >= 2]
+        if big:
+            r = big[0]
+            z, y, x = r["center_zyx"]
+            assert out[z - 1 : z + 2, y - 1 : y + 2, x - 1 : x + 2].max() > 0.5 * r["hu"]
+            return
+    pytest.fail("no calcified plaque of 2+ voxels in 20 draws")
+
+
+def test_case_seed_stable_and_distinct():
+    assert case_seed(0, "case_001") == case_seed(0, "case_001")
+    assert case_seed(0, "case_001") == 17870290965857093711
+    assert len({case_seed(0, f"case_{i}") for i in range(100)} | {case_seed(1, "case_0")}) == 101
+
+
+def test_render_case_deterministic_views_differ(phantom):
+    image, labels, _ = phantom
+    seed = case_seed(0, "phantom")
+    views = render_case(image, labels, seed, "reference", views=2, spacing=SPACING, chunk=16)
+    again = render_view(image, labels, seed, 1, "reference", spacing=SPACING, chunk=16)
+    other = render_view(image, labels, seed + 1, 1, "reference", spacing=SPACING, chunk=16)
+    assert len(views) == 2 and views[0].image.shape == SHAPE and views[0].image.dtype == np.float32
+    np.testing.assert_array_equal(views[1].image, again.image)
+    assert views[1].plaques == again.plaques
+    assert np.abs(views[0].image - views[1].image).mean() > 1.0
+    assert np.abs(other.image - views[1].image).mean() > 1.0
+    # Contrast is gone from the left ventricle (CTA ≈ 380 HU → 40 ± 200), bone stays bright.
+    lv = labels == 120
+    assert np.median(views[0].image[lv]) < 260 and np.median(image[lv]) > 300
+
+
+def test_extended_table_gives_descending_aorta_blood_hu(phantom):
+    image, labels, _ = phantom
+    aorta = labels == 52
+    key = jax.random.key(8)
+    ref = np.asarray(reassign_hu(image, labels, key, hu_table.REFERENCE))
+    ext = np.asarray(reassign_hu(image, labels, key, hu_table.EXTENDED))
+    np.testing.assert_array_equal(ref[aorta], image[aorta])  # the reference leaves it bright
+    blood = float(draw_hu_values(key, hu_table.EXTENDED)[0])  # table entry 0 is id 52
+    assert np.mean(ext[aorta] == blood) > 0.9 and -165 <= blood <= 235
