@@ -92,7 +92,8 @@ def worker(args: argparse.Namespace) -> None:
     """One end-to-end run in this (fresh) process; prints one JSON line."""
     start = time.perf_counter()
     from syncas_jax import io
-    from syncas_jax.infer import load_model_for_inference, predict_volume, read_input
+    from syncas_jax.infer import read_input
+    from syncas_jax.predict import load_model_for_inference, predict_volume
 
     seconds: dict[str, float] = {}
     predict_fn, _ = load_model_for_inference(args.weights, precision=args.precision)
@@ -163,7 +164,7 @@ def compare_windows(ct: Path, weights: Path, args: argparse.Namespace, rounds: i
 
     from syncas_jax import io
     from syncas_jax.data.preprocess import preprocess_image
-    from syncas_jax.infer import _compute_dtype, load_model_for_inference
+    from syncas_jax.predict import _compute_dtype, load_model_for_inference
     from syncas_jax.sliding_window import (
         MIRROR_COMBINATIONS,
         _accumulate,
@@ -297,7 +298,7 @@ def main() -> None:
     emit("patch", "x".join(map(str, args.patch)))
     emit("tta", args.tta)
     emit("batch", args.batch)
-    from syncas_jax.infer import _compute_dtype
+    from syncas_jax.predict import _compute_dtype
 
     emit("precision", _compute_dtype(args.precision))
     with tempfile.TemporaryDirectory() as tmp:

@@ -300,6 +300,8 @@ def train_and_evaluate(
     if not train_ids:
         raise InputError(config.data_dir, "no training cases left after the validation split")
 
+    if config.evaluation_folder and not Path(config.evaluation_folder).is_dir():
+        raise InputError(config.evaluation_folder, "evaluation_folder not found")
     mesh = make_mesh()
     if config.batch_size % mesh.size:
         raise InputError(
@@ -402,6 +404,10 @@ def train_and_evaluate(
             "negatives": list(negatives),
             "seconds": time.perf_counter() - started,
         }
+        if config.evaluation_folder and (epoch + 1) % config.test_every == 0 and jax.process_index() == 0:
+            report = evaluate_folder(state, config, out / "evaluation" / f"epoch_{epoch + 1:04d}.json")
+            record["eval_dice"] = report["summary"].get("dice", {}).get("mean")
+            log(f"epoch {epoch + 1}: evaluation folder Dice {record['eval_dice']}")
         meta["history"] = [*meta["history"], record]
         meta["ema"] = ema
         improved = meta["best_ema"] is None or ema > meta["best_ema"]
@@ -419,6 +425,40 @@ def train_and_evaluate(
             f"{record['contrastive']:.4f}), pseudo-Dice {dice:.4f}, EMA {ema:.4f}{' (best)' if improved else ''}"
         )
     return record
+
+
+def evaluate_folder(state: TrainState, config: TrainConfig, path: Path) -> dict[str, Any]:
+    """Segment every `{id}.img.nii.gz` of config.evaluation_folder with the current weights (no TTA)
+    and score it against `{id}.label.nii.gz`; writes the per-case metrics and summary to `path` (JSON)."""
+    from syncas_jax.io import read_volume, write_json
+    from syncas_jax.metrics import case_metrics, summarize
+    from syncas_jax.predict import predict_volume, predictor_from_state
+
+    folder = Path(config.evaluation_folder or "")
+    images = sorted(folder.glob("*.img.nii.gz"))
+    if not images:
+        raise InputError(folder, "evaluation_folder holds no {id}.img.nii.gz scans")
+    tree = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    predict_fn = predictor_from_state(tree, {"ngf": config.ngf, "depth": config.depth, "norm": config.norm})
+    cases = {}
+    for image_path in images:
+        case_id = image_path.name[: -len(".img.nii.gz")]
+        volume = read_volume(image_path)
+        reference = read_volume(folder / f"{case_id}.label.nii.gz")
+        prediction = predict_volume(volume, predict_fn, spacing=config.spacing, patch_size=config.patch_size, tta=False)
+        cases[case_id] = case_metrics(prediction.segmentation, reference.array, volume.spacing, volume.array)
+    report = {"cases": cases, "summary": summarize(list(cases.values()))}
+    write_json(_finite(report), path)
+    return report
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: inf/NaN → None."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
 
 
 def write_history(history: list[dict[str, Any]], path: Path) -> None:

@@ -23,15 +23,9 @@ from scipy.ndimage import gaussian_filter
 
 from syncas_jax import io
 from syncas_jax.checkpoint import save_checkpoint
-from syncas_jax.infer import (
-    inference_settings,
-    load_model_for_inference,
-    main,
-    output_name,
-    predict_volume,
-    probability_path,
-)
+from syncas_jax.infer import main, output_name, probability_path
 from syncas_jax.nets.unet import abstract_variables
+from syncas_jax.predict import inference_settings, load_model_for_inference, predict_volume
 from syncas_jax.sliding_window import (
     MIRROR_COMBINATIONS,
     compute_steps,

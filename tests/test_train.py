@@ -20,7 +20,7 @@ from syncas_jax.config import config_from_dict
 from syncas_jax.io import InputError
 from syncas_jax.train import main as train_main
 from tests.conftest import CACHE_DIR
-from tests.train_cases import TINY, write_tiny_cache
+from tests.train_cases import TINY, write_evaluation_folder, write_tiny_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +36,7 @@ def tiny_config(tmp_path: Path, name: str, **changes):
 def cache(tmp_path_factory):
     folder = tmp_path_factory.mktemp("train")
     write_tiny_cache(folder / "cache")
+    write_evaluation_folder(folder / "evaluation")
     return folder
 
 
@@ -45,10 +46,11 @@ def final_params(run_dir: Path):
 
 
 def test_interrupted_run_resumes_bit_for_bit(cache, monkeypatch):
-    straight = tiny_config(cache, "straight")
+    evaluation = {"evaluation_folder": str(cache / "evaluation"), "test_every": 2}
+    straight = tiny_config(cache, "straight", **evaluation)
     trainer.train_and_evaluate(straight, progress=False, log=lambda _: None)
 
-    interrupted = tiny_config(cache, "interrupted")
+    interrupted = tiny_config(cache, "interrupted", **evaluation)
     original_step = trainer.jit_train_step
     calls = {"n": 0}
 
@@ -86,6 +88,9 @@ def test_interrupted_run_resumes_bit_for_bit(cache, monkeypatch):
     assert all(np.isfinite(r["loss"]) and 0 <= r["val_pseudo_dice"] <= 1 for r in lines)
     assert (run / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert ckpt.is_checkpoint(run / "checkpoints" / "best")
+    report = json.loads((run / "evaluation" / "epoch_0002.json").read_text())
+    assert set(report["cases"]) == {"scan01"} and 0 <= report["summary"]["dice"]["mean"] <= 1
+    assert lines[1]["eval_dice"] == report["summary"]["dice"]["mean"] and "eval_dice" not in lines[0]
 
 
 def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -38,3 +38,15 @@ def write_tiny_cache(folder: Path, cases: int = 3, shape: tuple[int, int, int] =
         write_cached_case(folder, case_id, PreprocessedCase(views, label, foreground_locations(label), properties))
         ids.append(case_id)
     return ids
+
+
+def write_evaluation_folder(folder: Path, shape: tuple[int, int, int] = (12, 40, 36)) -> None:
+    """One "real" scan `{id}.img.nii.gz` (HU) with its coronary mask `{id}.label.nii.gz`."""
+    from syncas_jax import io
+
+    z, y, x = np.indices(shape)
+    mask = ((y - 15) ** 2 + (x - 14) ** 2 <= 6).astype(np.uint8)
+    hu = np.where(mask > 0, 300.0, 40.0) + np.random.default_rng(0).normal(0, 10, shape)
+    like = io.volume_from_array(hu, (1.0, 1.0, 1.0))
+    io.write_volume(hu, folder / "scan01.img.nii.gz", like)
+    io.write_volume(mask, folder / "scan01.label.nii.gz", like, np.uint8)
