@@ -110,17 +110,6 @@ def test_gaussian_follows_nnunet(patch):
         np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-12)
 
 
-def test_gaussian_equals_nnunetv2_when_installed():
-    swp = pytest.importorskip("nnunetv2.inference.sliding_window_prediction")
-    torch = pytest.importorskip("torch")
-    for patch in [(32, 224, 224), (16, 32, 32), (5, 7, 9)]:
-        theirs = swp.compute_gaussian(patch, 1 / 8, 10, torch.float32, torch.device("cpu")).numpy()
-        np.testing.assert_array_equal(gaussian_importance_map(patch), theirs)
-        for image in [(46, 513, 513), (33, 225, 300)]:
-            if all(i >= p for i, p in zip(image, patch)):
-                assert compute_steps(image, patch, 0.5) == swp.compute_steps_for_sliding_window(image, patch, 0.5)
-
-
 def test_pad_to_patch_centres_like_nnunet():
     image = np.ones((10, 40, 36), np.float32)
     padded, region = pad_to_patch(image, PATCH)
