@@ -34,7 +34,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 # Sizes: (phantom shape z y x, phantom spacing mm, config overrides)
 PRESETS = {
-    "default": ((96, 192, 192), (1.5, 1.0, 1.0), {}),
+    "default": ((64, 160, 160), (1.5, 1.0, 1.0), {}),
     "tiny": (
         (24, 64, 64),
         (2.0, 1.5, 1.5),
