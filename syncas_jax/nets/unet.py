@@ -50,12 +50,90 @@ def upsample_nearest(x: jnp.ndarray) -> jnp.ndarray:
     return x
 
 
+# How the 3×3×3 convolutions are computed; parameters and results are the same (to float rounding).
+#   "xla"     one 3-D `lax.conv_general_dilated` (flax.linen.Conv as is) — the default.
+#   "conv2d"  opt-in, for CPU: a sum over the 3 depth taps of 2-D convs (batch N·Z), see
+#             `conv3x3x3_as_conv2d`. On jaxlib 0.10 XLA:CPU runs 3-D convs with a slow generic
+#             Eigen kernel; this takes a U-Net train step from ~3.6× PyTorch's CPU time to ~1.0×
+#             (benchmarks/bench_unet.py). Not measured on GPU/TPU, where "xla" should stay.
+CONV_IMPLS = ("xla", "conv2d")
+_YNN_DECLINING_PAD = 3
+
+
+def conv3x3x3_as_conv2d(
+    lhs: jnp.ndarray,
+    rhs: jnp.ndarray,
+    window_strides,
+    padding,
+    lhs_dilation=None,
+    rhs_dilation=None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    precision=None,
+    **kwargs,
+) -> jnp.ndarray:
+    """Drop-in for `lax.conv_general_dilated` as flax.linen.Conv calls it (channels-last).
+
+    A stride-1 VALID 3×3×3 conv of (N, Z+2, Y+2, X+2, Cin) with a (3, 3, 3, Cin, Cout) kernel
+    becomes Σ_kd conv2d(x[:, kd:kd+Z] as (N·Z, Y+2, X+2, Cin), kernel[kd]). Each 2-D conv gets 3
+    rows of zero padding on top whose outputs are dropped: jaxlib 0.10's XLA:CPU hands plain 2-D
+    convs to YNNPACK, which is slower here than Eigen's spatial convolution, and declines convs
+    padded by >= the kernel size. Anything else falls through to `lax.conv_general_dilated`.
+    """
+    plain = (
+        lhs.ndim == 5
+        and tuple(rhs.shape[:3]) == (3, 3, 3)
+        and tuple(window_strides) == (1, 1, 1)
+        and isinstance(padding, str)
+        and padding == "VALID"
+        and all(d == 1 for d in (lhs_dilation or (1,)))
+        and all(d == 1 for d in (rhs_dilation or (1,)))
+        and feature_group_count == 1
+        and not kwargs
+    )
+    if not plain:
+        return jax.lax.conv_general_dilated(
+            lhs,
+            rhs,
+            window_strides,
+            padding,
+            lhs_dilation=lhs_dilation,
+            rhs_dilation=rhs_dilation,
+            dimension_numbers=dimension_numbers,
+            feature_group_count=feature_group_count,
+            precision=precision,
+            **kwargs,
+        )
+    n, zp, yp, xp, cin = lhs.shape
+    z = zp - 2
+    out = None
+    for kd in range(3):
+        y = jax.lax.conv_general_dilated(
+            lhs[:, kd : kd + z].reshape(n * z, yp, xp, cin),
+            rhs[kd],
+            (1, 1),
+            ((_YNN_DECLINING_PAD, 0), (0, 0)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=precision,
+        )[:, _YNN_DECLINING_PAD:]
+        out = y if out is None else out + y
+    return out.reshape(n, z, yp - 2, xp - 2, rhs.shape[-1])
+
+
+def conv_function(conv_impl: str):
+    """The `conv_general_dilated` argument for flax.linen.Conv (None = lax's own)."""
+    if conv_impl not in CONV_IMPLS:
+        raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+    return None if conv_impl == "xla" else conv3x3x3_as_conv2d
+
+
 class ConvBlock(nn.Module):
     """3×3×3 conv (reflect padding, bias only with instance norm) → norm → ReLU."""
 
     features: int
     norm: str = "batch"
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -66,6 +144,7 @@ class ConvBlock(nn.Module):
             use_bias=self.norm == "instance",
             kernel_init=he_normal,
             dtype=self.dtype,
+            conv_general_dilated=conv_function(self.conv_impl),
             name="conv",
         )(reflect_pad(x))
         if self.norm == "batch":
@@ -87,10 +166,12 @@ class UNet3D(nn.Module):
     in_channels: int = 1
     num_classes: int = 2
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"  # see CONV_IMPLS
 
     def setup(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        conv_function(self.conv_impl)  # validates
         if self.depth < 3:
             raise ValueError(f"depth must be >= 3 for the four contrastive taps, got {self.depth}")
 
@@ -113,7 +194,7 @@ class UNet3D(nn.Module):
         self.check_input(x)
 
         def block(features: int, name: str) -> ConvBlock:
-            return ConvBlock(features, norm=self.norm, dtype=self.dtype, name=name)
+            return ConvBlock(features, norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl, name=name)
 
         x = x.astype(self.dtype)
         x = block(self.ngf, "stem")(x, train)
@@ -145,6 +226,7 @@ class UNet3D(nn.Module):
             use_bias=False,
             kernel_init=he_normal,
             dtype=self.dtype,
+            conv_general_dilated=conv_function(self.conv_impl),
             name="head",
         )
         logits = head(reflect_pad(x))
@@ -182,9 +264,10 @@ class SynCASNet(nn.Module):
     depth: int = 4
     norm: str = "batch"
     dtype: Any = jnp.float32
+    conv_impl: str = "xla"  # see CONV_IMPLS; parameters do not depend on it
 
     def setup(self) -> None:
-        self.unet = UNet3D(ngf=self.ngf, depth=self.depth, norm=self.norm, dtype=self.dtype)
+        self.unet = UNet3D(ngf=self.ngf, depth=self.depth, norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl)
         self.heads = [ProjectionHead(dtype=self.dtype, name=f"head{k}") for k in range(4)]
 
     def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
