@@ -95,26 +95,49 @@ def batchgenerators_pipeline(patch_size: tuple[int, int, int], order_data: int, 
     from batchgenerators.transforms.spatial_transforms import MirrorTransform, SpatialTransform
 
     angle = (-np.pi / 6, np.pi / 6)
-    return Compose([
-        SpatialTransform(
-            patch_size, patch_center_dist_from_border=None, do_elastic_deform=False, do_rotation=True,
-            angle_x=angle, angle_y=angle, angle_z=angle, p_rot_per_axis=1, do_scale=True, scale=(0.85, 1.25),
-            border_mode_data="constant", border_cval_data=0, order_data=order_data, border_mode_seg="constant",
-            border_cval_seg=-1, order_seg=order_seg, random_crop=False, p_el_per_sample=0, p_scale_per_sample=0.2,
-            p_rot_per_sample=0.2, independent_scale_for_each_axis=False,
-        ),
-        GaussianNoiseTransform(p_per_sample=0.1),
-        GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
-        BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
-        ContrastAugmentationTransform(p_per_sample=0.15),
-        SimulateLowResolutionTransform(
-            zoom_range=(0.5, 1), per_channel=True, p_per_channel=0.5, order_downsample=0, order_upsample=3,
-            p_per_sample=0.25, ignore_axes=None,
-        ),
-        GammaTransform((0.7, 1.5), True, True, retain_stats=True, p_per_sample=0.1),
-        GammaTransform((0.7, 1.5), False, True, retain_stats=True, p_per_sample=0.3),
-        MirrorTransform((0, 1, 2)),
-    ])
+    return Compose(
+        [
+            SpatialTransform(
+                patch_size,
+                patch_center_dist_from_border=None,
+                do_elastic_deform=False,
+                do_rotation=True,
+                angle_x=angle,
+                angle_y=angle,
+                angle_z=angle,
+                p_rot_per_axis=1,
+                do_scale=True,
+                scale=(0.85, 1.25),
+                border_mode_data="constant",
+                border_cval_data=0,
+                order_data=order_data,
+                border_mode_seg="constant",
+                border_cval_seg=-1,
+                order_seg=order_seg,
+                random_crop=False,
+                p_el_per_sample=0,
+                p_scale_per_sample=0.2,
+                p_rot_per_sample=0.2,
+                independent_scale_for_each_axis=False,
+            ),
+            GaussianNoiseTransform(p_per_sample=0.1),
+            GaussianBlurTransform((0.5, 1.0), different_sigma_per_channel=True, p_per_sample=0.2, p_per_channel=0.5),
+            BrightnessMultiplicativeTransform(multiplier_range=(0.75, 1.25), p_per_sample=0.15),
+            ContrastAugmentationTransform(p_per_sample=0.15),
+            SimulateLowResolutionTransform(
+                zoom_range=(0.5, 1),
+                per_channel=True,
+                p_per_channel=0.5,
+                order_downsample=0,
+                order_upsample=3,
+                p_per_sample=0.25,
+                ignore_axes=None,
+            ),
+            GammaTransform((0.7, 1.5), True, True, retain_stats=True, p_per_sample=0.1),
+            GammaTransform((0.7, 1.5), False, True, retain_stats=True, p_per_sample=0.3),
+            MirrorTransform((0, 1, 2)),
+        ]
+    )
 
 
 def bench_batchgenerators(batch: dict[str, np.ndarray], repeats: int, order_data: int, order_seg: int) -> float:
