@@ -13,7 +13,7 @@ Threads: XLA:CPU sizes its intra-op pool to the visible cores; torch.set_num_thr
 to the same number (printed) so the comparison is like for like.
 
 Convolution implementations: `--impl` takes the library's `UNet3D(conv_impl=...)` values
-("xla", the default; "conv2d", the opt-in CPU formulation) and the experimental formulations
+("xla", 3-D convs, what GPUs/TPUs run; "conv2d", what "auto" picks on CPU) and the experimental formulations
 of benchmarks/conv_formulations.py, which are swapped into the unchanged model through
 `nn.intercept_methods`. Default: xla,conv2d.
 
@@ -87,7 +87,7 @@ def our_functions(impl: str = "xla", dtype=jnp.float32):
     if impl in CONV_IMPLS:
         model, context = UNet3D(dtype=dtype, conv_impl=impl), contextlib.nullcontext
     else:
-        model, context = UNet3D(dtype=dtype), functools.partial(use_formulation, impl)
+        model, context = UNet3D(dtype=dtype, conv_impl="xla"), functools.partial(use_formulation, impl)
 
     def forward(variables, x):
         with context():

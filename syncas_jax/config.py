@@ -86,6 +86,7 @@ class TrainConfig:
     ngf: int = 16
     depth: int = 4
     norm: str = "batch"
+    conv_impl: str = "auto"  # auto = 2-D conv formulation on CPU, XLA's 3-D conv on GPU/TPU (nets/unet.py)
     momentum: float = 0.99
     grad_clip_norm: float = 12.0
     contrastive_weight: float = 0.1
@@ -166,6 +167,10 @@ def validate(config: TrainConfig, source: str = "config") -> TrainConfig:
         raise InputError(source, "config key 'val_fraction' must be in [0, 1)")
     if config.precision not in PRECISIONS:
         raise InputError(source, f"config key 'precision' must be one of {PRECISIONS}, got {config.precision!r}")
+    from syncas_jax.nets.unet import CONV_IMPLS  # imports jax/flax, so only when validating
+
+    if config.conv_impl not in CONV_IMPLS:
+        raise InputError(source, f"config key 'conv_impl' must be one of {CONV_IMPLS}, got {config.conv_impl!r}")
     if config.norm not in ("batch", "instance"):
         raise InputError(source, f"config key 'norm' must be 'batch' or 'instance', got {config.norm!r}")
     if any(s <= 0 for s in config.spacing):

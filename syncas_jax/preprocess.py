@@ -28,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-o", "--output", required=True, help="cache folder to create or complete")
     parser.add_argument(
-        "--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), default=list(TARGET_SPACING),
+        "--spacing",
+        type=float,
+        nargs=3,
+        metavar=("Z", "Y", "X"),
+        default=list(TARGET_SPACING),
         help="target voxel spacing in mm (default: %(default)s)",
     )
     parser.add_argument("--workers", type=int, default=1, help="parallel processes over cases (default: 1)")

@@ -48,7 +48,13 @@ def compute_dtype(precision: str) -> Any:
 
 
 def make_model(config: TrainConfig) -> SynCASNet:
-    return SynCASNet(ngf=config.ngf, depth=config.depth, norm=config.norm, dtype=compute_dtype(config.precision))
+    return SynCASNet(
+        ngf=config.ngf,
+        depth=config.depth,
+        norm=config.norm,
+        dtype=compute_dtype(config.precision),
+        conv_impl=config.conv_impl,
+    )
 
 
 def learning_rate_schedule(config: TrainConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:

@@ -1,4 +1,4 @@
-"""The opt-in conv_impl="conv2d" computes the same network as the default "xla" convolutions."""
+"""conv_impl="conv2d" (the CPU default through "auto") computes the same network as XLA's 3-D convolutions."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from syncas_jax.nets.unet import CONV_IMPLS, SynCASNet, UNet3D, conv3x3x3_as_conv2d, init_variables
+from syncas_jax.nets.unet import (
+    CONV_IMPLS,
+    SynCASNet,
+    UNet3D,
+    conv3x3x3_as_conv2d,
+    conv_function,
+    init_variables,
+    resolve_conv_impl,
+)
+
+IMPLS = ("xla", "conv2d")  # the two formulations ("auto" is one of them)
 
 
 def rel(a, b) -> float:
@@ -66,7 +76,7 @@ def test_unet_conv2d_matches_default_eval():
     gradients within 1e-4 of it and no further than it from a float64 evaluation."""
     variables = unet_variables("batch", depth=3)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 16, 16, 24, 1)).astype(np.float32))
-    outputs = {impl: jax.jit(UNet3D(ngf=4, depth=3, conv_impl=impl).apply)(variables, x) for impl in CONV_IMPLS}
+    outputs = {impl: jax.jit(UNet3D(ngf=4, depth=3, conv_impl=impl).apply)(variables, x) for impl in IMPLS}
     (la, ta), (lb, tb) = outputs["xla"], outputs["conv2d"]
     assert rel(lb, la) <= 1e-5
     for a, b in zip(ta, tb):
@@ -86,7 +96,7 @@ def test_unet_conv2d_matches_default_eval():
 
     with jax.enable_x64(True):
         truth = jax.tree.map(np.asarray, jax.jit(grads, static_argnums=(0, 1))("xla", jnp.float64))
-    default, conv2d = (jax.jit(grads, static_argnums=(0, 1))(impl, jnp.float32) for impl in CONV_IMPLS)
+    default, conv2d = (jax.jit(grads, static_argnums=(0, 1))(impl, jnp.float32) for impl in IMPLS)
     for (path, t), a, b in zip(
         jax.tree_util.tree_flatten_with_path(truth)[0], jax.tree.leaves(default), jax.tree.leaves(conv2d)
     ):
@@ -110,13 +120,23 @@ def test_unet_conv2d_train_mode_as_accurate_as_default(norm):
 
     with jax.enable_x64(True):
         truth = logits("xla", jnp.float64)
-    errors = {impl: rel(logits(impl, jnp.float32), truth) for impl in CONV_IMPLS}
+    errors = {impl: rel(logits(impl, jnp.float32), truth) for impl in IMPLS}
     assert errors["xla"] < 1e-4
     assert errors["conv2d"] <= max(1e-5, 1.5 * errors["xla"]), errors
 
 
+def test_auto_picks_conv2d_on_cpu_only(monkeypatch):
+    assert jax.default_backend() == "cpu"
+    assert resolve_conv_impl("auto") == "conv2d"
+    assert conv_function("auto") is conv3x3x3_as_conv2d
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert resolve_conv_impl("auto") == "xla"
+    assert conv_function("auto") is None
+    assert resolve_conv_impl("conv2d") == "conv2d"
+
+
 def test_unknown_conv_impl_is_an_error():
-    assert CONV_IMPLS == ("xla", "conv2d")
+    assert CONV_IMPLS == ("auto", "xla", "conv2d")
     variables = unet_variables("batch", depth=3)
     with pytest.raises(ValueError, match="conv_impl must be one of"):
         UNet3D(ngf=4, depth=3, conv_impl="cudnn").apply(variables, jnp.zeros((1, 16, 16, 16, 1)))

@@ -535,4 +535,3 @@ def _note(line: str) -> None:
     from tqdm.auto import tqdm
 
     tqdm.write(line, file=sys.stderr)
-

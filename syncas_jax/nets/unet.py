@@ -51,12 +51,13 @@ def upsample_nearest(x: jnp.ndarray) -> jnp.ndarray:
 
 
 # How the 3×3×3 convolutions are computed; parameters and results are the same (to float rounding).
-#   "xla"     one 3-D `lax.conv_general_dilated` (flax.linen.Conv as is) — the default.
-#   "conv2d"  opt-in, for CPU: a sum over the 3 depth taps of 2-D convs (batch N·Z), see
+#   "auto"    the default: "conv2d" when JAX's default backend is the CPU, else "xla".
+#   "xla"     one 3-D `lax.conv_general_dilated` (flax.linen.Conv as is); what GPUs/TPUs run.
+#   "conv2d"  for CPU: a sum over the 3 depth taps of 2-D convs (batch N·Z), see
 #             `conv3x3x3_as_conv2d`. On jaxlib 0.10 XLA:CPU runs 3-D convs with a slow generic
-#             Eigen kernel; this takes a U-Net train step from ~3.6× PyTorch's CPU time to ~1.0×
-#             (benchmarks/bench_unet.py). Not measured on GPU/TPU, where "xla" should stay.
-CONV_IMPLS = ("xla", "conv2d")
+#             Eigen kernel; this takes a U-Net train step from ~3.8× PyTorch's CPU time to ~1.1×
+#             and the forward pass from ~3.5× to ~0.8× (benchmarks/bench_unet.py, 2×1×32×128×128).
+CONV_IMPLS = ("auto", "xla", "conv2d")
 _YNN_DECLINING_PAD = 3
 
 
@@ -122,9 +123,16 @@ def conv3x3x3_as_conv2d(
 
 def conv_function(conv_impl: str):
     """The `conv_general_dilated` argument for flax.linen.Conv (None = lax's own)."""
+    return None if resolve_conv_impl(conv_impl) == "xla" else conv3x3x3_as_conv2d
+
+
+def resolve_conv_impl(conv_impl: str) -> str:
+    """ "xla" or "conv2d": "auto" picks "conv2d" on the CPU backend, "xla" on GPU/TPU."""
     if conv_impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
-    return None if conv_impl == "xla" else conv3x3x3_as_conv2d
+    if conv_impl == "auto":
+        return "conv2d" if jax.default_backend() == "cpu" else "xla"
+    return conv_impl
 
 
 class ConvBlock(nn.Module):
@@ -133,7 +141,7 @@ class ConvBlock(nn.Module):
     features: int
     norm: str = "batch"
     dtype: Any = jnp.float32
-    conv_impl: str = "xla"
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
@@ -166,7 +174,7 @@ class UNet3D(nn.Module):
     in_channels: int = 1
     num_classes: int = 2
     dtype: Any = jnp.float32
-    conv_impl: str = "xla"  # see CONV_IMPLS
+    conv_impl: str = "auto"  # see CONV_IMPLS
 
     def setup(self) -> None:
         if self.norm not in NORMS:
@@ -264,7 +272,7 @@ class SynCASNet(nn.Module):
     depth: int = 4
     norm: str = "batch"
     dtype: Any = jnp.float32
-    conv_impl: str = "xla"  # see CONV_IMPLS; parameters do not depend on it
+    conv_impl: str = "auto"  # see CONV_IMPLS; parameters do not depend on it
 
     def setup(self) -> None:
         self.unet = UNet3D(ngf=self.ngf, depth=self.depth, norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl)
