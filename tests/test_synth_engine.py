@@ -6,6 +6,7 @@ import cc3d
 import jax
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.ndimage import binary_dilation
 from skimage.morphology import disk
 
@@ -82,14 +83,25 @@ def test_phantom_labels_intensities_geometry(phantom):
     def median(label_id):
         return float(np.median(image[labels == label_id]))
 
-    for lumen in (120, 119, 123, 128):
+    for lumen in (120, 119, 123):
         assert 250 <= median(lumen) <= 450, lumen
+    assert 200 <= median(128) <= 450  # thin coronaries in fat: the image blur pulls their median down
     assert 80 <= median(118) <= 150
     assert median(11) < -700 and median(13) < -700
     assert median(116) > 300  # sternum (bone)
     assert np.median(image[(labels == 0) & (image > -500) & (image < 0)]) < -50  # fat
     components = cc3d.connected_components(labels == 128, connectivity=6)
     assert components.max() >= 3  # left tree, right tree, interrupted branches
+
+
+def test_phantom_coronaries_run_in_fat_not_on_muscle():
+    """A fat gap separates coronary walls from the myocardium (118), as in real hearts: on
+    non-contrast CT that is what makes the vessel visible at all."""
+    _, labels, _ = make_phantom((64, 160, 160), (1.5, 1.0, 1.0), seed=5)
+    coronary = labels == 128
+    shell = ndimage.binary_dilation(coronary) & ~coronary
+    assert np.mean(labels[shell] == 118) < 0.05
+    assert np.mean(labels[shell] == 0) > 0.3  # unlabelled tissue around the heart: epicardial fat
 
 
 def test_phantom_deterministic_any_shape():

@@ -186,6 +186,7 @@ class _Heart:
 
 
 NOMINAL_SCALE_MM = 100.0  # vessel calibres below are in mm for L = 100 mm and scale with L
+EPICARDIAL_FAT_GAP_MM = 1.5  # fat between a coronary's wall and the myocardium (mm at L = 100 mm)
 
 
 def _coronary_tree(heart: _Heart, rng: np.random.Generator, min_radius: float, voxel: float, step: float):
@@ -202,9 +203,12 @@ def _coronary_tree(heart: _Heart, rng: np.random.Generator, min_radius: float, v
         dense = _polyline(np.stack([ell, phi / 90.0, np.zeros_like(ell)], 1), 0.01)
         return heart.surface(np.clip(dense[:, 0], -0.97, 0.97), dense[:, 1] * 90.0, offset)
 
+    # Coronaries run in the epicardial fat, not on the muscle: a fat gap separates wall and myocardium.
+    fat_gap = max(EPICARDIAL_FAT_GAP_MM * mm, voxel)
+
     def vessel(start: np.ndarray, controls: list[tuple[float, float]], r0: float, r1: float):
         """A branch from world point `start` along the heart surface, radius r0 → r1 mm (tapering)."""
-        points = _polyline(np.concatenate([start[None], lift(controls, max(r0 * mm, min_radius))]), step)
+        points = _polyline(np.concatenate([start[None], lift(controls, max(r0 * mm, min_radius) + fat_gap)]), step)
         return points, np.maximum(np.linspace(r0, r1, len(points)) * mm, min_radius)
 
     def at(branch, fraction: float) -> np.ndarray:
@@ -216,14 +220,14 @@ def _coronary_tree(heart: _Heart, rng: np.random.Generator, min_radius: float, v
     def ostium(towards: np.ndarray) -> np.ndarray:
         return root + _unit(towards - root) * aorta_radius * 0.9
 
-    lm_end = lift([(-0.55, 70.0)], 2.2 * mm)[0]
+    lm_end = lift([(-0.55, 70.0)], 2.2 * mm + fat_gap)[0]
     lm = vessel(ostium(lm_end), [(-0.55, 70.0)], 2.2, 2.0)
     lad = vessel(lm_end, [(-0.45, 80), (-0.3, 85), (0.2, 100), (0.7, 97), (0.95, 90)], 1.9, 0.9)
     lcx = vessel(lm_end, [(-0.55, 50), (-0.5, 20), (-0.48, -30), (-0.45, -85)], 1.7, 0.9)
     d1 = vessel(at(lad, 0.3), [(0.1, 75), (0.45, 35)], 1.2, 0.7)
     d2 = vessel(at(lad, 0.6), [(0.5, 80), (0.75, 45)], 1.1, 0.7)
     om = vessel(at(lcx, 0.5), [(-0.3, -8), (0.45, -10)], 1.2, 0.7)
-    rca_start = lift([(-0.5, 150.0)], 2.0 * mm)[0]
+    rca_start = lift([(-0.5, 150.0)], 2.0 * mm + fat_gap)[0]
     rca = vessel(ostium(rca_start), [(-0.5, 150), (-0.5, 200), (-0.45, 245), (-0.4, 265)], 1.9, 1.1)
     am = vessel(at(rca, 0.45), [(-0.3, 200), (0.3, 195)], 1.0, 0.6)
     pda = vessel(at(rca, 1.0), [(-0.2, 263), (0.6, 262)], 1.1, 0.7)
