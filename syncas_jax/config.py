@@ -86,6 +86,7 @@ class TrainConfig:
     ngf: int = 16
     depth: int = 4
     norm: str = "batch"
+    head_bias: bool = False  # True adds a bias to the logits conv (not the reference layout; see nets/unet.py)
     conv_impl: str = "auto"  # auto = 2-D conv formulation on CPU, XLA's 3-D conv on GPU/TPU (nets/unet.py)
     momentum: float = 0.99
     grad_clip_norm: float = 12.0

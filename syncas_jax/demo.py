@@ -34,7 +34,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 # Sizes: (phantom shape z y x, phantom spacing mm, config overrides)
 PRESETS = {
-    "default": ((64, 160, 160), (1.5, 1.0, 1.0), {}),
+    "default": ((64, 256, 256), (1.5, 0.625, 0.625), {}),
     "tiny": (
         (24, 64, 64),
         (2.0, 1.5, 1.5),
@@ -137,7 +137,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-cases", type=int, default=2, help="held-out phantom cases (default 2)")
     parser.add_argument("--size", choices=sorted(PRESETS), default="default", help="'tiny' is for CI smoke tests")
     parser.add_argument("--epochs", type=int, help="override num_epochs of the demo config")
-    parser.add_argument("--no-tta", action="store_true", help="inference without mirror test-time augmentation")
+    parser.add_argument("--tta", action="store_true", help="8-way mirror test-time augmentation (8x slower inference)")
     args = parser.parse_args(argv)
     if args.cases < 2 or args.test_cases < 1:
         parser.error("need --cases >= 2 (training + validation) and --test-cases >= 1")
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "syncas_jax.infer", "-i", str(out / "test_ncct"), "-o", str(out / "pred"),
         "-m", str(out / "train" / "checkpoints" / "best"), "--overwrite",
     )  # fmt: skip
-    run([*infer, "--no-tta"] if args.no_tta else infer, log)
+    run(infer if args.tta else [*infer, "--no-tta"], log)
     run(
         python_m(
             "syncas_jax.evaluate", "--pred", str(out / "pred"), "--ref", str(out / "test_labels"),

@@ -28,13 +28,13 @@ PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 @functools.cache
-def _unet_logits(ngf: int, depth: int, norm: str, dtype: str) -> Callable[[Any, Any], Any]:
+def _unet_logits(ngf: int, depth: int, norm: str, head_bias: bool, dtype: str) -> Callable[[Any, Any], Any]:
     """One logits function per architecture, so the jit cache is shared by every model of that shape."""
     import jax.numpy as jnp
 
     from syncas_jax.nets.unet import UNet3D
 
-    module = UNet3D(ngf=ngf, depth=depth, norm=norm, dtype=jnp.dtype(dtype))
+    module = UNet3D(ngf=ngf, depth=depth, norm=norm, head_bias=head_bias, dtype=jnp.dtype(dtype))
 
     def logits(variables: Any, windows: Any) -> Any:
         out, _ = module.apply(variables, windows, train=False)
@@ -53,21 +53,28 @@ def _compute_dtype(precision: str) -> str:
     return precision
 
 
-def _model_spec(meta: dict[str, Any], source: str) -> tuple[int, int, str]:
+def _model_spec(meta: dict[str, Any], source: str) -> dict[str, Any]:
+    """{ngf, depth, norm, head_bias} from checkpoint metadata (reference defaults where absent)."""
     model = meta.get("model")
     if not isinstance(model, dict):
         raise io.InputError(source, "checkpoint metadata has no 'model' entry ({ngf, depth, norm})")
     try:
-        return int(model.get("ngf", 16)), int(model.get("depth", 4)), str(model.get("norm", "batch"))
+        return {
+            "ngf": int(model.get("ngf", 16)),
+            "depth": int(model.get("depth", 4)),
+            "norm": str(model.get("norm", "batch")),
+            "head_bias": bool(model.get("head_bias", False)),
+        }
     except (TypeError, ValueError):
         raise io.InputError(source, f"checkpoint metadata has an invalid 'model' entry: {model}") from None
 
 
-def _unet_variables(state: Any, ngf: int, depth: int, norm: str, source: str) -> dict[str, Any]:
+def _unet_variables(state: Any, spec: dict[str, Any], source: str) -> dict[str, Any]:
     """The U-Net part ({'params', 'batch_stats'}) of a SynCASNet state, checked against the architecture."""
     from syncas_jax.nets.convert import check_against
     from syncas_jax.nets.unet import NORMS, abstract_variables
 
+    norm = spec["norm"]
     if norm not in NORMS:
         raise io.InputError(source, f"checkpoint metadata names norm {norm!r}, expected one of {NORMS}")
     if not isinstance(state, dict) or not isinstance(state.get("params"), dict) or "unet" not in state["params"]:
@@ -78,14 +85,15 @@ def _unet_variables(state: Any, ngf: int, depth: int, norm: str, source: str) ->
         if not isinstance(stats, dict) or "unet" not in stats:
             raise io.InputError(source, "checkpoint holds no batch-norm statistics (expected batch_stats/unet)")
         variables["batch_stats"] = stats["unet"]
-    expected = abstract_variables(ngf=ngf, depth=depth, norm=norm)
+    expected = abstract_variables(**spec)
     expected = {key: value["unet"] for key, value in expected.items()}
     try:
         check_against(variables, expected, source)
     except io.InputError as error:
         raise io.InputError(
             source,
-            f"weights do not match the architecture in its metadata (ngf={ngf}, depth={depth}, norm={norm}): "
+            "weights do not match the architecture in its metadata "
+            f"({', '.join(f'{k}={v}' for k, v in spec.items())}): "
             f"{error.problem}",
         ) from None
     return variables
@@ -96,7 +104,7 @@ def load_model_for_inference(path: str | os.PathLike, *, precision: str = "auto"
 
     predict_fn: (B, Z, Y, X, 1) float32 → logits (B, Z, Y, X, 2) float32, eval mode (running
     batch-norm statistics), a `jax.tree_util.Partial` holding the weights on the default device.
-    meta: the checkpoint's metadata; meta["model"] = {ngf, depth, norm}, meta["config"] when
+    meta: the checkpoint's metadata; meta["model"] = {ngf, depth, norm, head_bias}, meta["config"] when
     it came from training. precision: "auto" (bfloat16 compute on TPU, else float32),
     "float32" or "bfloat16". Raises io.InputError naming the path for anything unusable.
     """
@@ -110,32 +118,33 @@ def load_model_for_inference(path: str | os.PathLike, *, precision: str = "auto"
         if not is_checkpoint(path):
             raise io.InputError(path, "not a syncas_jax checkpoint folder (expected state/ and meta.json inside)")
         state, meta = load_checkpoint(path)
-        ngf, depth, norm = _model_spec(meta, source)
-        variables = _unet_variables(state, ngf, depth, norm, source)
+        spec = _model_spec(meta, source)
+        variables = _unet_variables(state, spec, source)
     elif path.suffix == ".pth":
         from syncas_jax.nets.convert import load_reference_model
 
         state, meta = load_reference_model(path)
-        ngf, depth, norm = _model_spec(meta, source)
-        variables = _unet_variables(state, ngf, depth, norm, source)
+        spec = _model_spec(meta, source)
+        variables = _unet_variables(state, spec, source)
     elif path.exists():
         raise io.InputError(path, "not a checkpoint: expected a syncas_jax checkpoint folder or a reference .pth")
     else:
         raise io.InputError(path, "checkpoint not found")
     variables = jax.device_put(jax.tree.map(lambda a: np.asarray(a, np.float32), variables))
-    meta = {**meta, "model": {"ngf": ngf, "depth": depth, "norm": norm}}
+    meta = {**meta, "model": spec}
     return _predictor(variables, meta["model"], precision), meta
 
 
 def _predictor(variables: dict[str, Any], model: dict[str, Any], precision: str) -> PredictFn:
     import jax
 
-    fn = _unet_logits(int(model["ngf"]), int(model["depth"]), str(model["norm"]), _compute_dtype(precision))
+    spec = _model_spec({"model": model}, "model")
+    fn = _unet_logits(spec["ngf"], spec["depth"], spec["norm"], spec["head_bias"], _compute_dtype(precision))
     return jax.tree_util.Partial(fn, variables)
 
 
 def predictor_from_state(state: dict[str, Any], model: dict[str, Any], *, precision: str = "auto") -> PredictFn:
-    """predict_fn for a SynCASNet state in memory ({'params', 'batch_stats'}); model = {ngf, depth, norm}."""
+    """predict_fn for a SynCASNet state in memory ({'params', 'batch_stats'}); model = {ngf, depth, norm, head_bias}."""
     unet = {"params": state["params"]["unet"]}
     if state.get("batch_stats") is not None:
         unet["batch_stats"] = state["batch_stats"]["unet"]

@@ -54,7 +54,13 @@ def make_model(config: TrainConfig) -> SynCASNet:
         norm=config.norm,
         dtype=compute_dtype(config.precision),
         conv_impl=config.conv_impl,
+        head_bias=config.head_bias,
     )
+
+
+def model_spec(config: TrainConfig) -> dict[str, Any]:
+    """The architecture as checkpoint metadata stores it ({ngf, depth, norm, head_bias})."""
+    return {"ngf": config.ngf, "depth": config.depth, "norm": config.norm, "head_bias": config.head_bias}
 
 
 def learning_rate_schedule(config: TrainConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
@@ -363,7 +369,7 @@ def train_and_evaluate(
             "loader": train_iter.get_state(),
             "partial": partial,
             "rng": np.asarray(jax.random.key_data(jax.random.key(config.seed))).tolist(),
-            "model": {"ngf": config.ngf, "depth": config.depth, "norm": config.norm},
+            "model": model_spec(config),
             "config": config.to_json(),
         }
 
@@ -445,7 +451,7 @@ def evaluate_folder(state: TrainState, config: TrainConfig, path: Path) -> dict[
     if not images:
         raise InputError(folder, "evaluation_folder holds no {id}.img.nii.gz scans")
     tree = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-    predict_fn = predictor_from_state(tree, {"ngf": config.ngf, "depth": config.depth, "norm": config.norm})
+    predict_fn = predictor_from_state(tree, model_spec(config))
     cases = {}
     for image_path in images:
         case_id = image_path.name[: -len(".img.nii.gz")]

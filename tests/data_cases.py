@@ -57,9 +57,7 @@ def write_case(
     """Write `{case_id}.view{k}.img.nii.gz` and `{case_id}.label.nii.gz`; return (HU views, label)."""
     label = tube_mask(shape) if label is None else label
     arrays = phantom_views(label, views, seed)
-    affine = np.array(
-        [[-spacing[2], 0, 0, 120.0], [0, -spacing[1], 0, 80.0], [0, 0, spacing[0], -300.0], [0, 0, 0, 1]]
-    )
+    affine = np.array([[-spacing[2], 0, 0, 120.0], [0, -spacing[1], 0, 80.0], [0, 0, spacing[0], -300.0], [0, 0, 0, 1]])
     for k, hu in enumerate(arrays):
         io.write_volume(hu, folder / f"{case_id}.view{k}.img.nii.gz", io.volume_from_array(hu, spacing, affine))
     io.write_volume(label, folder / f"{case_id}.label.nii.gz", io.volume_from_array(label, spacing, affine), np.uint8)

@@ -18,12 +18,31 @@ from syncas_jax.data.augment import (
 )
 
 OFF = AugmentConfig(
-    p_rotation=0, p_scale=0, p_mirror=0, p_noise=0, p_blur=0, p_brightness=0,
-    p_contrast=0, p_lowres=0, p_gamma_inverted=0, p_gamma=0, spacing=(1.0, 1.0, 1.0),
+    p_rotation=0,
+    p_scale=0,
+    p_mirror=0,
+    p_noise=0,
+    p_blur=0,
+    p_brightness=0,
+    p_contrast=0,
+    p_lowres=0,
+    p_gamma_inverted=0,
+    p_gamma=0,
+    spacing=(1.0, 1.0, 1.0),
 )
 EVERYTHING = AugmentConfig(
-    p_rotation=1, p_scale=1, p_noise=1, p_blur=1, p_blur_channel=1, p_brightness=1, p_contrast=1,
-    p_lowres=1, p_lowres_channel=1, p_gamma_inverted=1, p_gamma=1, spacing=(1.0, 1.0, 1.0),
+    p_rotation=1,
+    p_scale=1,
+    p_noise=1,
+    p_blur=1,
+    p_blur_channel=1,
+    p_brightness=1,
+    p_contrast=1,
+    p_lowres=1,
+    p_lowres_channel=1,
+    p_gamma_inverted=1,
+    p_gamma=1,
+    spacing=(1.0, 1.0, 1.0),
 )
 SHAPE = (12, 24, 24)
 apply = jax.jit(apply_params, static_argnames=("config", "out_shape"))
@@ -176,9 +195,12 @@ def test_drawn_probabilities_and_ranges():
     close(intensity.gamma_inverted_on, 0.1)
     close(intensity.gamma_on, 0.3)
     for values, (lo, hi) in [
-        (intensity.blur_sigma, (0.5, 1.0)), (intensity.brightness, (0.75, 1.25)),
-        (intensity.contrast, (0.75, 1.25)), (intensity.lowres_zoom, (0.5, 1.0)),
-        (intensity.gamma, (0.7, 1.5)), (intensity.noise_sigma, (0.0, 0.1)),
+        (intensity.blur_sigma, (0.5, 1.0)),
+        (intensity.brightness, (0.75, 1.25)),
+        (intensity.contrast, (0.75, 1.25)),
+        (intensity.lowres_zoom, (0.5, 1.0)),
+        (intensity.gamma, (0.7, 1.5)),
+        (intensity.noise_sigma, (0.0, 0.1)),
     ]:
         values = np.asarray(values)
         assert values.min() >= lo - 1e-6 and values.max() <= hi + 1e-6

@@ -19,7 +19,7 @@ def test_demo_runs_end_to_end(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run(
         [sys.executable, "-m", "syncas_jax.demo", "--out", str(out), "--size", "tiny", "--cases", "3",
-         "--test-cases", "1", "--no-tta"],
+         "--test-cases", "1"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

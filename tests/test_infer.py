@@ -314,7 +314,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 def test_load_model_and_settings(tiny_checkpoint):
     predict_fn, meta = load_model_for_inference(tiny_checkpoint)
-    assert meta["model"] == TINY_MODEL
+    assert meta["model"] == {**TINY_MODEL, "head_bias": False}
     assert inference_settings(meta) == ((2.0, 1.0, 1.0), PATCH)
     assert inference_settings(meta, (1.0, 1.0, 1.0), (16, 16, 24)) == ((1.0, 1.0, 1.0), (16, 16, 24))
     assert inference_settings({"model": {"depth": 4}}) == ((3.0, 0.349609375, 0.349609375), (32, 224, 224))
@@ -322,6 +322,21 @@ def test_load_model_and_settings(tiny_checkpoint):
         inference_settings(meta, patch_size=(12, 32, 32))
     shape = jax.eval_shape(predict_fn, jax.ShapeDtypeStruct((2, *PATCH, 1), jnp.float32)).shape
     assert shape == (2, *PATCH, 2)
+
+
+def test_head_bias_checkpoint_round_trip(tmp_path):
+    """A model trained with head_bias loads with its bias; metadata that disagrees is an error."""
+    model = {**TINY_MODEL, "head_bias": True}
+    variables = random_variables(1, **model)
+    variables["params"]["unet"]["head"]["bias"] = np.array([0.0, 1e4], np.float32)  # coronary everywhere
+    save_checkpoint(tmp_path / "biased", variables, {"model": model, "config": TINY_CONFIG})
+    predict_fn, meta = load_model_for_inference(tmp_path / "biased")
+    assert meta["model"]["head_bias"] is True
+    logits = np.asarray(predict_fn(jnp.asarray(np.random.default_rng(0).normal(size=(1, *PATCH, 1)), jnp.float32)))
+    assert np.all(np.argmax(logits, -1) == 1)
+    save_checkpoint(tmp_path / "mislabelled", variables, {"model": TINY_MODEL, "config": TINY_CONFIG})
+    with pytest.raises(io.InputError, match="do not match the architecture"):
+        load_model_for_inference(tmp_path / "mislabelled")
 
 
 def test_reference_pth_is_converted_on_the_fly(tmp_path):
@@ -332,7 +347,7 @@ def test_reference_pth_is_converted_on_the_fly(tmp_path):
     path = tmp_path / "ref.pth"
     ref.save_reference_checkpoint(path, ref.ReferenceUNet(), ref.make_heads())
     predict_fn, meta = load_model_for_inference(path)
-    assert meta["model"] == {"ngf": 16, "depth": 4, "norm": "batch"}
+    assert meta["model"] == {"ngf": 16, "depth": 4, "norm": "batch", "head_bias": False}
     assert inference_settings(meta) == ((3.0, 0.349609375, 0.349609375), (32, 224, 224))
     shape = jax.eval_shape(predict_fn, jax.ShapeDtypeStruct((1, 32, 32, 32, 1), jnp.float32)).shape
     assert shape == (1, 32, 32, 32, 2)

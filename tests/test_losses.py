@@ -116,9 +116,7 @@ def test_contrastive_matches_torch_loop(branch_aware, factor, negatives):
     labels, table1, table2 = class_constant_case(seed=factor)
     f1 = features_at(labels, table1, factor, branch_aware)
     f2 = features_at(labels, table2, factor, branch_aware)
-    kwargs = dict(
-        neg_per_anchor=negatives[0], pseudo_neg_per_anchor=negatives[1], alpha=0.9, branch_aware=branch_aware
-    )
+    kwargs = dict(neg_per_anchor=negatives[0], pseudo_neg_per_anchor=negatives[1], alpha=0.9, branch_aware=branch_aware)
     ours = contrastive_loss(jax.random.key(3), jnp.asarray(f1), jnp.asarray(f2), jnp.asarray(labels), **kwargs)
     theirs = ref.contrastive_loss_loop(
         to_torch_channels_first(f1),
@@ -202,7 +200,10 @@ def test_gradient_matches_torch_loop():
     t2 = torch.from_numpy(table2).requires_grad_(True)
     idx = torch.from_numpy(index).long()
     loss_t = ref.contrastive_loss_loop(
-        t1[idx].movedim(-1, 1), t2[idx].movedim(-1, 1), torch.from_numpy(labels), alpha=0.7,
+        t1[idx].movedim(-1, 1),
+        t2[idx].movedim(-1, 1),
+        torch.from_numpy(labels),
+        alpha=0.7,
         generator=torch.Generator().manual_seed(1),
     )
     loss_t.backward()

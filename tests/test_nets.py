@@ -22,6 +22,8 @@ def test_parameter_count_matches_reference():
     torch_heads = sum(p.numel() for p in ref.make_heads().parameters())
     heads = {k: v for k, v in variables["params"].items() if k.startswith("head")}
     assert count_parameters(heads) == torch_heads
+    biased = abstract_variables(head_bias=True)["params"]["unet"]
+    assert count_parameters(biased) == 5_893_296 + 2 and biased["head"]["bias"].shape == (2,)
 
 
 def test_reference_layout_indices():

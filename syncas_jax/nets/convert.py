@@ -126,7 +126,7 @@ def convert_reference_state(
 
 
 def check_against(converted: Any, expected: Any, source: str) -> None:
-    """Raise InputError naming the first parameter whose presence or shape differs from `expected`."""
+    """Raise InputError naming the first parameter that is missing, extra or of another shape than in `expected`."""
     import jax
 
     flat_converted = dict(jax.tree_util.tree_flatten_with_path(converted)[0])
@@ -137,6 +137,10 @@ def check_against(converted: Any, expected: Any, source: str) -> None:
         got = np.shape(flat_converted[path])
         if got != np.shape(leaf):
             raise InputError(source, f"shape mismatch at {name}: checkpoint {got}, model {np.shape(leaf)}")
+    extra = set(flat_converted) - {path for path, _ in jax.tree_util.tree_flatten_with_path(expected)[0]}
+    if extra:
+        name = min(jax.tree_util.keystr(path) for path in extra)
+        raise InputError(source, f"checkpoint has a parameter the model does not: {name}")
 
 
 def load_reference_pth(path: str | os.PathLike) -> dict[str, Any]:

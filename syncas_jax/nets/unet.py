@@ -175,6 +175,12 @@ class UNet3D(nn.Module):
     num_classes: int = 2
     dtype: Any = jnp.float32
     conv_impl: str = "auto"  # see CONV_IMPLS
+    # The reference head has no bias. On ReLU features (>= 0) a bias-free head can only reach
+    # p(coronary) > 0.5 where some feature favours the coronary; early class-imbalanced
+    # training can turn every head weight towards background, after which the coronary is
+    # coded as "all features exactly 0" (p = 0.5, dead ReLUs, no gradient) and argmax never
+    # predicts it. A bias absorbs the class prior and avoids that trap (2 more parameters).
+    head_bias: bool = False
 
     def setup(self) -> None:
         if self.norm not in NORMS:
@@ -231,7 +237,7 @@ class UNet3D(nn.Module):
             self.num_classes,
             (3, 3, 3),
             padding="VALID",
-            use_bias=False,
+            use_bias=self.head_bias,
             kernel_init=he_normal,
             dtype=self.dtype,
             conv_general_dilated=conv_function(self.conv_impl),
@@ -273,9 +279,17 @@ class SynCASNet(nn.Module):
     norm: str = "batch"
     dtype: Any = jnp.float32
     conv_impl: str = "auto"  # see CONV_IMPLS; parameters do not depend on it
+    head_bias: bool = False  # see UNet3D.head_bias
 
     def setup(self) -> None:
-        self.unet = UNet3D(ngf=self.ngf, depth=self.depth, norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl)
+        self.unet = UNet3D(
+            ngf=self.ngf,
+            depth=self.depth,
+            norm=self.norm,
+            dtype=self.dtype,
+            conv_impl=self.conv_impl,
+            head_bias=self.head_bias,
+        )
         self.heads = [ProjectionHead(dtype=self.dtype, name=f"head{k}") for k in range(4)]
 
     def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, list[jnp.ndarray]]:
@@ -292,16 +306,26 @@ class SynCASNet(nn.Module):
         return logits, [head(tap) for head, tap in zip(self.heads, taps)]
 
 
-def init_variables(key: jax.Array, *, ngf: int = 16, depth: int = 4, norm: str = "batch", dtype: Any = jnp.float32):
+def init_variables(
+    key: jax.Array,
+    *,
+    ngf: int = 16,
+    depth: int = 4,
+    norm: str = "batch",
+    dtype: Any = jnp.float32,
+    head_bias: bool = False,
+):
     """Initialise SynCASNet variables ({'params', 'batch_stats'}) on a minimal input."""
     size = 2**depth
-    model = SynCASNet(ngf=ngf, depth=depth, norm=norm, dtype=dtype)
+    model = SynCASNet(ngf=ngf, depth=depth, norm=norm, dtype=dtype, head_bias=head_bias)
     return model.init(key, jnp.zeros((1, size, size, size, 1)), method=SynCASNet.forward_projected)
 
 
-def abstract_variables(*, ngf: int = 16, depth: int = 4, norm: str = "batch"):
+def abstract_variables(*, ngf: int = 16, depth: int = 4, norm: str = "batch", head_bias: bool = False):
     """Shapes and dtypes of SynCASNet variables, without computing anything."""
-    return jax.eval_shape(lambda key: init_variables(key, ngf=ngf, depth=depth, norm=norm), jax.random.key(0))
+    return jax.eval_shape(
+        lambda key: init_variables(key, ngf=ngf, depth=depth, norm=norm, head_bias=head_bias), jax.random.key(0)
+    )
 
 
 def count_parameters(tree: Any) -> int:
