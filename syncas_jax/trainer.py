@@ -163,8 +163,16 @@ def train_step(
     (_, (metrics, batch_stats)), grads = grad_fn(
         state.params, state.batch_stats, batch, key_loss, model=model, config=config, negatives=negatives
     )
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics = {**metrics, "grad_norm": optax.tree.norm(grads)}
+    grad_norm = optax.tree.norm(grads)
+    # A batch of constant patches (e.g. two random patches entirely in air) makes every batch-norm
+    # variance ~0; each such layer multiplies the backward pass by ~1/sqrt(eps) and the gradient
+    # overflows. Such a step is skipped (parameters and optimizer state kept) instead of turning
+    # every parameter into NaN; `skipped` counts it.
+    finite = jnp.isfinite(grad_norm)
+    updated = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    kept = state.replace(step=updated.step, batch_stats=batch_stats)
+    state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, kept)
+    metrics = {**metrics, "grad_norm": jnp.where(finite, grad_norm, 0.0), "skipped": 1.0 - finite}
     return state, metrics
 
 

@@ -207,3 +207,29 @@ def test_batch_not_divisible_by_devices(tmp_path):
     assert result.returncode == 2
     assert "batch_size 3 is not divisible by the number of devices (2)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_constant_batch_step_is_skipped_not_nan(tmp_path):
+    """Two patches entirely in air: every batch-norm variance is ~0 and the gradient overflows
+    through the stack of normalisations. The step is skipped instead of poisoning the weights."""
+    config = tiny_config(tmp_path, "constant", ngf=4, depth=4, patch_size=[16, 32, 32])
+    model = trainer.make_model(config)
+    state = trainer.create_train_state(config, jax.random.key(0))
+    step = trainer.jit_train_step(model, config, config.negatives_at(0), None)
+    shape = (2, 2, *config.patch_size)
+    constant = {"views": np.full(shape, -1.0, np.float32), "label": np.zeros((2, *config.patch_size), np.int16)}
+    before = jax.tree.map(np.array, state.params)  # the step donates its input state
+    after, metrics = step(state, constant, jax.random.key(1))
+    assert float(metrics["skipped"]) == 1.0
+    assert int(after.step) == 1
+    for old, new in zip(jax.tree.leaves(before), jax.tree.leaves(after.params)):
+        np.testing.assert_array_equal(new, old)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves((after.opt_state, after.batch_stats)))
+
+    rng = np.random.default_rng(0)
+    label = np.zeros((2, *config.patch_size), np.int16)
+    label[:, 6:10, 20:28, 20:28] = 1
+    normal = {"views": rng.normal(size=shape).astype(np.float32), "label": label}
+    after, metrics = step(trainer.create_train_state(config, jax.random.key(0)), normal, jax.random.key(1))
+    assert float(metrics["skipped"]) == 0.0
+    assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after.params)))
