@@ -27,7 +27,6 @@ batch is 2 (≈ 7 GB peak); `--batch 4` runs the spec's batch (≈ 14 GB peak).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import os
 
@@ -38,7 +37,6 @@ import torch  # noqa: E402
 from _common import emit, interleaved, median, paired_ratio  # noqa: I001  (also puts the repo on sys.path)
 from scipy import ndimage  # noqa: E402
 
-import syncas_jax.losses.contrastive as contrastive_module  # noqa: E402
 from syncas_jax.losses.contrastive import multi_tap_contrastive_loss, resize_labels_nearest  # noqa: E402
 from syncas_jax.nets.unet import ProjectionHead  # noqa: E402
 from tests import torch_reference as ref  # noqa: E402
@@ -157,40 +155,25 @@ def report_sets(labels: np.ndarray, shapes) -> None:
         emit(f"tap{k}_valid_items", f"{valid}/{labels.shape[0]} (mean |P| {pos.mean():.0f}, |Q| {pseudo.mean():.0f})")
 
 
-@contextlib.contextmanager
-def scan_searchsorted():
-    """While tracing: `sample_with_replacement` with searchsorted(method="scan_unrolled") instead of
-    "sort". Same indices bit for bit (only the search algorithm differs); a proposed one-line change
-    to syncas_jax/losses/contrastive.py, measured here without touching the library."""
-    original = contrastive_module.sample_with_replacement
+def compare_with_torch(prefix, ratio_name, fn, args, theirs, repeats, seed):
+    """Time jitted `fn(key, *args)` (a fresh key per call) against `theirs()`, interleaved.
 
-    def sample(key, mask, n):
-        cdf = jnp.cumsum(mask.astype(jnp.int32))
-        rank = jax.random.randint(key, (n,), 0, jnp.maximum(cdf[-1], 1))
-        index = jnp.searchsorted(cdf, rank, side="right", method="scan_unrolled")
-        return jnp.minimum(index, mask.shape[0] - 1)
+    The first call of each (compile / warm-up) prints its loss; then the medians and the
+    torch / ours ratios (> 1: we are faster), plain and paired."""
+    state = {"key": jax.random.key(seed + 1)}
 
-    contrastive_module.sample_with_replacement = sample
-    try:
-        yield
-    finally:
-        contrastive_module.sample_with_replacement = original
+    def ours():
+        state["key"], sub = jax.random.split(state["key"])
+        return float(fn(sub, *args))
 
-
-def time_and_report(prefix, ratio_name, runs, repeats, reset):
-    """First call of each (compile / warm-up) prints its loss, our variants from the same RNG key
-    (`reset`), so equal losses show equal samples; then interleaved timed rounds."""
-    for name, fn in runs.items():
-        reset()
-        emit(f"{prefix}_loss[{name}]", fn())
+    runs = {"ours": ours, "torch": theirs}
+    for name, run in runs.items():
+        emit(f"{prefix}_loss[{name}]", run())
     times = interleaved(runs, repeats, warmup=0)
     for name in runs:
         emit(f"{prefix}_median_s[{name}]", median(times[name]))
-    for name in runs:
-        if name == "torch":
-            continue
-        emit(f"{ratio_name}[{name}]", median(times["torch"]) / median(times[name]))
-        emit(f"{ratio_name}_paired[{name}]", paired_ratio(times["torch"], times[name]))
+    emit(f"{ratio_name}[ours]", median(times["torch"]) / median(times["ours"]))
+    emit(f"{ratio_name}_paired[ours]", paired_ratio(times["torch"], times["ours"]))
 
 
 def bench_projected(labels_np, shapes, repeats, seed):
@@ -204,31 +187,15 @@ def bench_projected(labels_np, shapes, repeats, seed):
     torch2 = [to_torch(t) for t in taps2]
     labels_t = torch.from_numpy(labels_np).long()
 
-    def library(key, a, b, lab):
-        return multi_tap_contrastive_loss(key, a, b, lab)
-
-    def proposed(key, a, b, lab):
-        with scan_searchsorted():
-            return multi_tap_contrastive_loss(key, a, b, lab)
-
-    key0 = jax.random.key(seed + 1)
-    state = {"key": key0}
     generator = torch.Generator().manual_seed(seed)
-
-    def ours(fn):
-        state["key"], sub = jax.random.split(state["key"])
-        return float(fn(sub, taps1, taps2, labels))
 
     @torch.no_grad()
     def theirs():
         return float(ref.contrastive_four_taps_loop(torch1, torch2, labels_t, generator=generator))
 
-    runs = {
-        "ours": functools.partial(ours, jax.jit(library)),
-        "ours_proposed_scan_searchsorted": functools.partial(ours, jax.jit(proposed)),
-        "torch": theirs,
-    }
-    time_and_report("projected", "contrastive_speedup_vs_torch_loop", runs, repeats, lambda: state.update(key=key0))
+    ours = jax.jit(multi_tap_contrastive_loss)
+    args = (taps1, taps2, labels)
+    compare_with_torch("projected", "contrastive_speedup_vs_torch_loop", ours, args, theirs, repeats, seed)
 
 
 def bench_heads(labels_np, shapes, repeats, seed):
@@ -254,21 +221,12 @@ def bench_heads(labels_np, shapes, repeats, seed):
     raw2_t = [to_torch(t) for t in raw2]
     labels_t = torch.from_numpy(labels_np).long()
 
-    def library(key, params, taps1, taps2, lab):
+    @jax.jit
+    def ours(key, params, taps1, taps2, lab):
         projections = [lambda f, p=p: head.apply({"params": p}, f) for p in params]
         return multi_tap_contrastive_loss(key, taps1, taps2, lab, projections=projections)
 
-    def proposed(*args):
-        with scan_searchsorted():
-            return library(*args)
-
-    key0 = jax.random.key(seed + 1)
-    state = {"key": key0}
     generator = torch.Generator().manual_seed(seed)
-
-    def ours(fn):
-        state["key"], sub = jax.random.split(state["key"])
-        return float(fn(sub, head_params, raw1, raw2, labels))
 
     @torch.no_grad()
     def theirs():
@@ -276,12 +234,8 @@ def bench_heads(labels_np, shapes, repeats, seed):
         p2 = [h(t) for h, t in zip(heads_t, raw2_t)]
         return float(ref.contrastive_four_taps_loop(p1, p2, labels_t, generator=generator))
 
-    runs = {
-        "ours": functools.partial(ours, jax.jit(library)),
-        "ours_proposed_scan_searchsorted": functools.partial(ours, jax.jit(proposed)),
-        "torch": theirs,
-    }
-    time_and_report("heads", "contrastive_with_heads_speedup_vs_torch", runs, repeats, lambda: state.update(key=key0))
+    args = (head_params, raw1, raw2, labels)
+    compare_with_torch("heads", "contrastive_with_heads_speedup_vs_torch", ours, args, theirs, repeats, seed)
 
 
 def main(argv=None) -> int:

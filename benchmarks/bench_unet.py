@@ -167,13 +167,8 @@ def _compare_network(problem, impls, repeats, what, prefix, dtype):
     if "forward" in what:
         runs = {name: functools.partial(lambda f: block(f(v, x)), fwd) for name, (fwd, _) in ours.items()}
         runs["torch"] = lambda: t_forward(problem["x_t"])
-        times = interleaved(runs, repeats, warmup=0)  # the error checks above were the warm-up
-        emit(f"{prefix}torch_forward_median_s", median(times["torch"]))
-        for name in ours:
-            emit(f"{prefix}ours_forward_median_s[{name}]", median(times[name]))
-            emit(f"{prefix}unet_forward_ratio_ours_over_torch[{name}]", median(times[name]) / median(times["torch"]))
-            emit(f"{prefix}unet_forward_ratio_paired[{name}]", paired_ratio(times[name], times["torch"]))
-            results[("forward", name)] = median(times[name]) / median(times["torch"])
+        # the error checks above were the warm-up
+        results.update({("forward", n): r for n, r in _time_against_torch(runs, repeats, prefix, "forward").items()})
     if "train" in what:
         # gradient agreement with torch, once
         loss_t, grads_t = t_train(problem["x_t"], problem["y_t"])
@@ -191,14 +186,25 @@ def _compare_network(problem, impls, repeats, what, prefix, dtype):
                 first = False
         runs = {name: functools.partial(lambda f: block(f(v, x, y)), step) for name, (_, step) in ours.items()}
         runs["torch"] = lambda: t_train(problem["x_t"], problem["y_t"])
-        times = interleaved(runs, repeats, warmup=0)
-        emit(f"{prefix}torch_train_step_median_s", median(times["torch"]))
-        for name in ours:
-            emit(f"{prefix}ours_train_step_median_s[{name}]", median(times[name]))
-            emit(f"{prefix}unet_train_step_ratio_ours_over_torch[{name}]", median(times[name]) / median(times["torch"]))
-            emit(f"{prefix}unet_train_step_ratio_paired[{name}]", paired_ratio(times[name], times["torch"]))
-            results[("train", name)] = median(times[name]) / median(times["torch"])
+        results.update({("train", n): r for n, r in _time_against_torch(runs, repeats, prefix, "train_step").items()})
     return results
+
+
+def _time_against_torch(runs, repeats, prefix, label):
+    """Interleaved timing of `runs` (ours by name, plus "torch"); prints medians and ours/torch
+    ratios (< 1: we are faster) and returns {name: ratio of medians}."""
+    times = interleaved(runs, repeats, warmup=0)
+    torch_median = median(times["torch"])
+    emit(f"{prefix}torch_{label}_median_s", torch_median)
+    ratios = {}
+    for name in runs:
+        if name == "torch":
+            continue
+        ratios[name] = median(times[name]) / torch_median
+        emit(f"{prefix}ours_{label}_median_s[{name}]", median(times[name]))
+        emit(f"{prefix}unet_{label}_ratio_ours_over_torch[{name}]", ratios[name])
+        emit(f"{prefix}unet_{label}_ratio_paired[{name}]", paired_ratio(times[name], times["torch"]))
+    return ratios
 
 
 # ------------------------------------------------------------------ investigation: per layer
