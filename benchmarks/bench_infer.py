@@ -71,12 +71,12 @@ def write_inputs(folder: Path, shape: tuple[int, int, int]) -> tuple[Path, Path]
     """The CT (.nii.gz) and a reference .pth with random weights; returns their paths."""
     import torch
 
-    from syncas_jax import io
+    from syncas_jax.common.nifti import volume_from_array, write_volume
     from tests import torch_reference as ref
 
     ct = folder / "bench_NCCT.nii.gz"
     hu = synthetic_ct(shape)
-    io.write_volume(hu, ct, like=io.volume_from_array(hu, SPACING), dtype=np.int16)
+    write_volume(hu, ct, like=volume_from_array(hu, SPACING), dtype=np.int16)
     torch.manual_seed(0)
     net = ref.ReferenceUNet()
     ref.randomize_batchnorm_stats(net, torch.Generator().manual_seed(1))
@@ -91,9 +91,9 @@ def write_inputs(folder: Path, shape: tuple[int, int, int]) -> tuple[Path, Path]
 def worker(args: argparse.Namespace) -> None:
     """One end-to-end run in this (fresh) process; prints one JSON line."""
     start = time.perf_counter()
-    from syncas_jax import io
-    from syncas_jax.infer import read_input
-    from syncas_jax.predict import load_model_for_inference, predict_volume
+    from syncas_jax.common.nifti import write_volume
+    from syncas_jax.infer.cases import WindowSettings, predict_case, read_input
+    from syncas_jax.infer.predict import load_model_for_inference
 
     seconds: dict[str, float] = {}
     predict_fn, _ = load_model_for_inference(args.weights, precision=args.precision)
@@ -111,17 +111,11 @@ def worker(args: argparse.Namespace) -> None:
             yield item
             stamps.append(time.perf_counter())
 
-    prediction = predict_volume(
-        volume,
-        predict_fn,
-        patch_size=tuple(args.patch),
-        tta=args.tta,
-        batch=args.batch,
-        progress=limited,
-    )
+    settings = WindowSettings(patch_size=tuple(args.patch), tta=args.tta, batch=args.batch)
+    prediction = predict_case(volume, predict_fn, settings, progress=limited)
     seconds.update(prediction.seconds)
     start = time.perf_counter()
-    io.write_volume(prediction.segmentation, args.out, like=volume, dtype=np.uint8)
+    write_volume(prediction.segmentation, args.out, like=volume, dtype=np.uint8)
     seconds["write"] = time.perf_counter() - start
     report = {
         "seconds": seconds,
@@ -162,10 +156,11 @@ def compare_windows(ct: Path, weights: Path, args: argparse.Namespace, rounds: i
     import jax.numpy as jnp
     import torch
 
-    from syncas_jax import io
-    from syncas_jax.data.preprocess import preprocess_image
-    from syncas_jax.predict import _compute_dtype, load_model_for_inference
-    from syncas_jax.sliding_window import (
+    from syncas_jax.common.nifti import read_volume
+    from syncas_jax.common.precision import compute_dtype
+    from syncas_jax.data.volume import preprocess_image
+    from syncas_jax.infer.predict import load_model_for_inference
+    from syncas_jax.nets.sliding_window import (
         MIRROR_COMBINATIONS,
         _accumulate,
         _extract_windows,
@@ -178,7 +173,7 @@ def compare_windows(ct: Path, weights: Path, args: argparse.Namespace, rounds: i
     from tests import torch_reference as ref
 
     patch = tuple(args.patch)
-    image, _ = preprocess_image(io.read_volume(ct))
+    image, _ = preprocess_image(read_volume(ct))
     padded, _ = pad_to_patch(image, patch)
     starts = window_starts(padded.shape, patch, 0.5)
     n_batches = -(-len(starts) // args.batch)
@@ -187,7 +182,7 @@ def compare_windows(ct: Path, weights: Path, args: argparse.Namespace, rounds: i
     gaussian = gaussian_importance_map(patch)
 
     predictor = as_predictor(load_model_for_inference(weights, precision=args.precision)[0])
-    bf16 = _compute_dtype(args.precision) == "bfloat16"
+    bf16 = compute_dtype(args.precision, "infer") == jnp.bfloat16
     device = torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     image_device, gaussian_device = jnp.asarray(padded), jnp.asarray(gaussian)
@@ -298,9 +293,9 @@ def main() -> None:
     emit("patch", "x".join(map(str, args.patch)))
     emit("tta", args.tta)
     emit("batch", args.batch)
-    from syncas_jax.predict import _compute_dtype
+    from syncas_jax.common.precision import compute_dtype
 
-    emit("precision", _compute_dtype(args.precision))
+    emit("precision", compute_dtype(args.precision, "infer").__name__)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         start = time.perf_counter()

@@ -28,7 +28,7 @@ def phantom_case(shape: tuple[int, int, int], seed: int):
     """Two windowed views (float32 (2, Z, Y, X)) and branch labels of a synthetic chest."""
     from scipy import ndimage as ndi
 
-    from syncas_jax.data.preprocess import PreprocessedCase, branch_labels, foreground_locations, normalize_ct
+    from syncas_jax.data.cache import PreprocessedCase, branch_labels, foreground_locations, normalize_ct
 
     rng = np.random.default_rng(seed)
     z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
@@ -171,7 +171,7 @@ def main() -> None:
         print(f"augment_compile_s: {compile_s:.1f}")
         print(f"augment_s_per_batch: {ours:.4f}")
         return
-    from syncas_jax.data.preprocess import write_cached_case, write_dataset_info
+    from syncas_jax.data.cache import write_cached_case, write_dataset_info
 
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         cache = Path(tmp)

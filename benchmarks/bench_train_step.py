@@ -23,8 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 from _common import emit
 
-from syncas_jax import trainer
-from syncas_jax.config import config_from_dict
+from syncas_jax.train.config import config_from_dict
+from syncas_jax.train.state import create_train_state, make_model
+from syncas_jax.train.step import jit_train_step, step_key
 
 
 def make_batch(batch: int, patch: tuple[int, int, int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -45,14 +46,14 @@ def ours(batch: dict[str, np.ndarray], precision: str):
     config, _ = config_from_dict(
         {"batch_size": batch["views"].shape[0], "patch_size": list(batch["views"].shape[2:]), "precision": precision}
     )
-    model = trainer.make_model(config)
-    state = trainer.create_train_state(config, jax.random.key(0))
-    step = trainer.jit_train_step(model, config, config.negatives_at(0))
+    model = make_model(config)
+    state = create_train_state(config, jax.random.key(0))
+    step = jit_train_step(model, config.loss, config.negatives_at(0))
     device_batch = {k: jnp.asarray(v) for k, v in batch.items()}
     holder = {"state": state, "i": 0}
 
     def run() -> None:
-        holder["state"], metrics = step(holder["state"], device_batch, trainer.step_key(0, holder["i"]))
+        holder["state"], metrics = step(holder["state"], device_batch, step_key(0, holder["i"]))
         holder["i"] += 1
         jax.block_until_ready(metrics)
 

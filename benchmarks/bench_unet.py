@@ -49,7 +49,7 @@ from _common import emit, interleaved, median, paired_ratio  # first: puts the r
 from conv_formulations import FORMULATIONS, use_formulation
 
 from syncas_jax.losses.dice_ce import dice_ce_loss
-from syncas_jax.nets.convert import convert_reference_state
+from syncas_jax.nets.reference import convert_reference_state
 from syncas_jax.nets.unet import CONV_IMPLS, UNet3D
 from tests import torch_reference as ref
 

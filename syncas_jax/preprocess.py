@@ -1,59 +1,9 @@
-"""`python -m syncas_jax.preprocess -i SYNTH_DIR -o CACHE_DIR`: build the training cache.
+"""`python -m syncas_jax.preprocess`: the data stage's CLI under the name SPEC and the README use.
 
-Reads the synth output (per case ``{id}.view{k}.img.nii.gz`` + ``{id}.label.nii.gz``,
-or an ImageCAS-style ``{id}.img.nii.gz``), crops, windows, resamples to the target
-spacing and stores memory-mappable arrays, branch labels, foreground locations and
-undo properties per case (layout: `syncas_jax.data.preprocess`). Finished cases are
-skipped on re-runs; a bad case is reported and skipped; the exit status is 1 when any
-case failed, 2 on unusable arguments or folders.
+Same as `python -m syncas_jax.data` (`syncas_jax/data/__main__.py`).
 """
 
-from __future__ import annotations
-
-import argparse
-import sys
-from collections.abc import Sequence
-
-from syncas_jax.console import guarded
-from syncas_jax.data.preprocess import TARGET_SPACING, preprocess_folder
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m syncas_jax.preprocess",
-        description="Preprocess synthetic NCCT cases into a memory-mapped training cache.",
-    )
-    parser.add_argument(
-        "-i", "--input", required=True, help="folder with {id}.view{k}.img.nii.gz and {id}.label.nii.gz"
-    )
-    parser.add_argument("-o", "--output", required=True, help="cache folder to create or complete")
-    parser.add_argument(
-        "--spacing",
-        type=float,
-        nargs=3,
-        metavar=("Z", "Y", "X"),
-        default=list(TARGET_SPACING),
-        help="target voxel spacing in mm (default: %(default)s)",
-    )
-    parser.add_argument("--workers", type=int, default=1, help="parallel processes over cases (default: 1)")
-    parser.add_argument("--overwrite", action="store_true", help="redo cases that are already in the cache")
-    return parser
-
-
-@guarded
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if min(args.spacing) <= 0:
-        build_parser().error("--spacing values must be positive")
-    workers = max(1, args.workers)
-    results = preprocess_folder(args.input, args.output, args.spacing, workers=workers, overwrite=args.overwrite)
-    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
-    print(f"preprocessed {counts['done']}, skipped {counts['skipped']} (already cached), failed {counts['failed']}")
-    for result in results:
-        if result.status == "failed":
-            print(f"  failed {result.case_id}: {result.message}", file=sys.stderr)
-    return 1 if counts["failed"] else 0
-
+import runpy
 
 if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("syncas_jax.data", run_name="__main__", alter_sys=True)

@@ -14,21 +14,23 @@ import jax
 import numpy as np
 import pytest
 
-from syncas_jax import io
-from syncas_jax.checkpoint import save_checkpoint
-from syncas_jax.convert import main as convert_main
-from syncas_jax.evaluate import main as evaluate_main
-from syncas_jax.infer import main as infer_main
+from syncas_jax.common.checkpoint import save_checkpoint
+from syncas_jax.common.errors import InputError
+from syncas_jax.common.nifti import read_volume, volume_from_array, write_volume
+from syncas_jax.data.__main__ import main as preprocess_main
+from syncas_jax.evaluate.__main__ import main as evaluate_main
+from syncas_jax.infer.__main__ import main as infer_main
+from syncas_jax.nets.__main__ import main as convert_main
+from syncas_jax.nets.config import ModelConfig
 from syncas_jax.nets.unet import init_variables
-from syncas_jax.preprocess import main as preprocess_main
 from syncas_jax.synth.__main__ import main as synth_main
-from syncas_jax.train import main as train_main
+from syncas_jax.train.__main__ import main as train_main
 
 SPACING = (2.0, 1.0, 1.0)
 
 
 def write(path: Path, array: np.ndarray, affine: np.ndarray | None = None, dtype=np.int16) -> Path:
-    io.write_volume(array, path, io.volume_from_array(array, SPACING, affine), dtype)
+    write_volume(array, path, volume_from_array(array, SPACING, affine), dtype)
     return path
 
 
@@ -45,7 +47,7 @@ def checkpoint(tmp_path_factory) -> Path:
         "model": {"ngf": 4, "depth": 3, "norm": "batch"},
         "config": {"spacing": SPACING, "patch_size": [16, 32, 32]},
     }
-    save_checkpoint(path, init_variables(jax.random.key(0), ngf=4, depth=3), meta)
+    save_checkpoint(path, init_variables(jax.random.key(0), ModelConfig(ngf=4, depth=3)), meta)
     return path
 
 
@@ -77,7 +79,7 @@ def test_directory_instead_of_file(tmp_path, capsys):
     folder = tmp_path / "config.json"
     folder.mkdir()
     check(capsys, train_main(["--config", str(folder)]), str(folder), "not a file")
-    assert "is a directory" in str(pytest.raises(io.InputError, io.read_volume, folder).value)
+    assert "is a directory" in str(pytest.raises(InputError, read_volume, folder).value)
 
 
 def test_empty_folders(tmp_path, capsys, checkpoint):

@@ -419,7 +419,7 @@ def contrastive_four_taps_loop(taps1, taps2, labels: torch.Tensor, **kw) -> torc
 # ----------------------------------------------------------------------------------------------
 
 
-def _self_test() -> None:
+def self_check() -> None:
     import os
     import tempfile
 
@@ -507,4 +507,4 @@ def _self_test() -> None:
 
 
 if __name__ == "__main__":
-    _self_test()
+    self_check()

@@ -34,7 +34,7 @@ from typing import Any
 import grain
 import numpy as np
 
-from syncas_jax import io
+from syncas_jax.common.errors import InputError
 from syncas_jax.data.layout import IMAGE_PAD, LABEL_PAD, PATCH_SIZE, cache_paths
 
 
@@ -43,7 +43,7 @@ class CacheSource:
 
     def __init__(self, cache_dir: str | os.PathLike, case_ids: Sequence[str]):
         if not case_ids:
-            raise io.InputError(cache_dir, "no cases selected for the loader")
+            raise InputError(cache_dir, "no cases selected for the loader")
         self.cache_dir = str(cache_dir)
         self.case_ids = [str(c) for c in case_ids]
         views = set()
@@ -51,11 +51,11 @@ class CacheSource:
             paths = cache_paths(cache_dir, case_id)
             for path in paths.values():
                 if not path.exists():
-                    raise io.InputError(path, f"missing from the cache (case {case_id} not preprocessed)")
+                    raise InputError(path, f"missing from the cache (case {case_id} not preprocessed)")
             v, *_ = self._open(case_id, "views").shape
             views.add(v)
         if len(views) != 1:
-            raise io.InputError(cache_dir, f"selected cases have different numbers of views: {sorted(views)}")
+            raise InputError(cache_dir, f"selected cases have different numbers of views: {sorted(views)}")
         self.num_views = views.pop()
 
     def _open(self, case_id: str, kind: str) -> np.ndarray:
@@ -63,7 +63,7 @@ class CacheSource:
         try:
             return np.load(path, mmap_mode="r")
         except (OSError, ValueError) as error:
-            raise io.InputError(path, f"cannot memory-map cached array ({error})") from None
+            raise InputError(path, f"cannot memory-map cached array ({error})") from None
 
     def __len__(self) -> int:
         return len(self.case_ids)

@@ -13,12 +13,59 @@ head's cost from every voxel of the tap into 512·(1 + 1 + negatives) vectors pe
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 MIN_SET_SIZE = 10
 MASKED_LOGIT = -1e9
+
+
+@dataclass(frozen=True)
+class ContrastiveConfig:
+    """The contrastive term of the training loss (SPEC §4), reference defaults.
+
+    num_anchor: anchors per item (from the positives); neg_per_anchor, pseudo_neg_per_anchor:
+    samples per anchor in the first half of training (doubled from half the epochs on);
+    temperature: logits = dot / temperature; alpha: weight on pseudo-negative logits;
+    branch_aware: positives = largest branch, pseudo-negatives = other branches (False: all
+    coronary voxels are positives, no pseudo-negatives); weight: factor on the sum over taps.
+    """
+
+    num_anchor: int = 512
+    neg_per_anchor: int = 5
+    pseudo_neg_per_anchor: int = 1
+    temperature: float = 0.3
+    alpha: float = 0.5
+    branch_aware: bool = True
+    weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.num_anchor < 1:
+            raise ValueError(f"num_anchor must be >= 1, got {self.num_anchor}")
+        for name in ("neg_per_anchor", "pseudo_neg_per_anchor"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+    def negatives_at(self, epoch: int, num_epochs: int) -> tuple[int, int]:
+        """(negatives, pseudo-negatives) per anchor at `epoch` (0-based): doubled from num_epochs // 2 on."""
+        factor = 2 if epoch >= num_epochs // 2 else 1
+        return self.neg_per_anchor * factor, self.pseudo_neg_per_anchor * factor
+
+    def loss_kwargs(self, negatives: tuple[int, int]) -> dict[str, Any]:
+        """Keyword arguments of `contrastive_loss` for one (negatives, pseudo-negatives) setting."""
+        return {
+            "num_anchor": self.num_anchor,
+            "neg_per_anchor": negatives[0],
+            "pseudo_neg_per_anchor": negatives[1],
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "branch_aware": self.branch_aware,
+        }
 
 
 def resize_labels_nearest(labels: jnp.ndarray, size: Sequence[int]) -> jnp.ndarray:

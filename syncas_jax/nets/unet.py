@@ -9,7 +9,7 @@ depth 4) the four contrastive taps are
 Spatial sizes must be divisible by 2**depth.
 
 Module names follow the reference's flat `nn.Sequential` block by block, so the
-checkpoint converter (`nets/convert.py`) can map `model.{i}` onto them.
+checkpoint converter (`nets/reference.py`) can map `model.{i}` onto them.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NORMS = ("batch", "instance")
+from syncas_jax.nets.config import CONV_IMPLS, ModelConfig
+
 PROJECTION_DIM = 128
 
 # nnU-Net's InitWeights_He(1e-2): kaiming normal, fan in, leaky-ReLU slope 0.01.
@@ -51,13 +52,13 @@ def upsample_nearest(x: jnp.ndarray) -> jnp.ndarray:
 
 
 # How the 3×3×3 convolutions are computed; parameters and results are the same (to float rounding).
+# CONV_IMPLS (nets/config.py):
 #   "auto"    the default: "conv2d" when JAX's default backend is the CPU, else "xla".
 #   "xla"     one 3-D `lax.conv_general_dilated` (flax.linen.Conv as is); what GPUs/TPUs run.
 #   "conv2d"  for CPU: a sum over the 3 depth taps of 2-D convs (batch N·Z), see
 #             `conv3x3x3_as_conv2d`. On jaxlib 0.10 XLA:CPU runs 3-D convs with a slow generic
 #             Eigen kernel; this takes a U-Net train step from ~3.8× PyTorch's CPU time to ~1.1×
 #             and the forward pass from ~3.5× to ~0.8× (benchmarks/bench_unet.py, 2×1×32×128×128).
-CONV_IMPLS = ("auto", "xla", "conv2d")
 _YNN_DECLINING_PAD = 3
 
 
@@ -183,11 +184,7 @@ class UNet3D(nn.Module):
     head_bias: bool = False
 
     def setup(self) -> None:
-        if self.norm not in NORMS:
-            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
-        conv_function(self.conv_impl)  # validates
-        if self.depth < 3:
-            raise ValueError(f"depth must be >= 3 for the four contrastive taps, got {self.depth}")
+        ModelConfig(self.ngf, self.depth, self.norm, self.head_bias, self.conv_impl)  # validates
 
     def check_input(self, x: jnp.ndarray) -> None:
         multiple = 2**self.depth
@@ -306,26 +303,15 @@ class SynCASNet(nn.Module):
         return logits, [head(tap) for head, tap in zip(self.heads, taps)]
 
 
-def init_variables(
-    key: jax.Array,
-    *,
-    ngf: int = 16,
-    depth: int = 4,
-    norm: str = "batch",
-    dtype: Any = jnp.float32,
-    head_bias: bool = False,
-):
+def init_variables(key: jax.Array, model: ModelConfig = ModelConfig(), dtype: Any = jnp.float32):
     """Initialise SynCASNet variables ({'params', 'batch_stats'}) on a minimal input."""
-    size = 2**depth
-    model = SynCASNet(ngf=ngf, depth=depth, norm=norm, dtype=dtype, head_bias=head_bias)
-    return model.init(key, jnp.zeros((1, size, size, size, 1)), method=SynCASNet.forward_projected)
+    size = model.size_multiple
+    return model.build(dtype).init(key, jnp.zeros((1, size, size, size, 1)), method=SynCASNet.forward_projected)
 
 
-def abstract_variables(*, ngf: int = 16, depth: int = 4, norm: str = "batch", head_bias: bool = False):
+def abstract_variables(model: ModelConfig = ModelConfig()):
     """Shapes and dtypes of SynCASNet variables, without computing anything."""
-    return jax.eval_shape(
-        lambda key: init_variables(key, ngf=ngf, depth=depth, norm=norm, head_bias=head_bias), jax.random.key(0)
-    )
+    return jax.eval_shape(lambda key: init_variables(key, model), jax.random.key(0))
 
 
 def count_parameters(tree: Any) -> int:

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from syncas_jax import io
-from syncas_jax.console import guarded, progress
+from syncas_jax.common.console import guarded, progress
+from syncas_jax.common.errors import InputError
+from syncas_jax.common.files import write_json
+from syncas_jax.common.nifti import Volume, check_same_grid, read_volume, write_volume
 from syncas_jax.synth.hu_table import CORONARY_ID, TABLES
 
 IMAGE_SUFFIXES = (".img.nii.gz", ".img.nii")
@@ -60,14 +62,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def find_cases(folder: Path) -> list[tuple[str, Path]]:
     """(case id, image path) for every `{id}.img.nii[.gz]` in `folder`, sorted by id."""
     if not folder.is_dir():
-        raise io.InputError(folder, "input folder not found")
+        raise InputError(folder, "input folder not found")
     cases = {}
     for path in folder.iterdir():
         for suffix in IMAGE_SUFFIXES:
             if path.name.endswith(suffix) and not path.name.startswith("."):
                 cases.setdefault(path.name[: -len(suffix)], path)
     if not cases:
-        raise io.InputError(folder, "no {id}.img.nii.gz cases found")
+        raise InputError(folder, "no {id}.img.nii.gz cases found")
     return sorted(cases.items())
 
 
@@ -76,20 +78,20 @@ def label_path_for(image_path: Path, case_id: str) -> Path:
     for name in (f"{case_id}.label.nii.gz", f"{case_id}.label.nii"):
         if (image_path.parent / name).exists():
             return image_path.parent / name
-    raise io.InputError(image_path.parent / f"{case_id}.label.nii.gz", "label file not found")
+    raise InputError(image_path.parent / f"{case_id}.label.nii.gz", "label file not found")
 
 
-def read_case(image_path: Path, case_id: str) -> tuple[io.Volume, io.Volume, np.ndarray]:
+def read_case(image_path: Path, case_id: str) -> tuple[Volume, Volume, np.ndarray]:
     """Read and check one case: (image volume, label volume, int16 labels); InputError on any problem."""
-    image = io.read_volume(image_path)
-    label = io.read_volume(label_path_for(image_path, case_id))
-    io.check_same_grid(image, label)
+    image = read_volume(image_path)
+    label = read_volume(label_path_for(image_path, case_id))
+    check_same_grid(image, label)
     values = label.array
     if not np.array_equal(values, np.rint(values)) or values.min() < 0 or values.max() > 32767:
-        raise io.InputError(label.path, "label map must hold non-negative integer ids")
+        raise InputError(label.path, "label map must hold non-negative integer ids")
     labels = values.astype(np.int16)
     if not np.any(labels == CORONARY_ID):
-        raise io.InputError(
+        raise InputError(
             label.path,
             f"no coronary label (id {CORONARY_ID}); build the label map with python -m syncas_jax.synth.merge",
         )
@@ -130,9 +132,9 @@ def render_one(image_path: Path, case_id: str, out: Path, args: argparse.Namespa
             chunk=args.chunk,
         )
         for view, image_file, sidecar in zip(views, images, sidecars):
-            io.write_volume(view.image, image_file, image, dtype=np.int16)
-            io.write_json(view.plaques, sidecar)
-        io.write_volume(labels == CORONARY_ID, label_out, label, dtype=np.uint8)
+            write_volume(view.image, image_file, image, dtype=np.int16)
+            write_json(view.plaques, sidecar)
+        write_volume(labels == CORONARY_ID, label_out, label, dtype=np.uint8)
     except BaseException:
         for path in [label_out, *images, *sidecars]:
             path.unlink(missing_ok=True)
@@ -175,7 +177,7 @@ def run_phantoms(args: argparse.Namespace) -> int:
 
 def run_cases(args: argparse.Namespace) -> int:
     if args.output.resolve() == args.input.resolve():
-        raise io.InputError(args.output, "output folder must differ from the input folder")
+        raise InputError(args.output, "output folder must differ from the input folder")
     cases = find_cases(args.input)
     log = RunLog(args.output)
     log.write(f"run: {len(cases)} cases from {args.input}, views {args.views}, seed {args.seed}, table {args.hu_table}")
@@ -188,7 +190,7 @@ def run_cases(args: argparse.Namespace) -> int:
             continue
         try:
             plaques = render_one(image_path, case_id, args.output, args)
-        except io.InputError as error:
+        except InputError as error:
             failed.append(case_id)
             log.write(f"failed {case_id}: {error}", echo=True)
             continue

@@ -20,8 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from syncas_jax import io
-from syncas_jax.console import guarded
+from syncas_jax.common.console import guarded
+from syncas_jax.common.errors import InputError
+from syncas_jax.common.nifti import (
+    NIFTI_SUFFIXES,
+    Volume,
+    check_same_grid,
+    read_volume,
+    strip_nifti_suffix,
+    write_volume,
+)
 from syncas_jax.synth.hu_table import CORONARY_ID, HEARTCHAMBERS_OFFSET
 
 
@@ -70,16 +78,16 @@ HEARTCHAMBERS_CLASSES = {
 TASKS = {"total": (TOTAL_CLASSES, 0), "heartchambers_highres": (HEARTCHAMBERS_CLASSES, HEARTCHAMBERS_OFFSET)}
 
 
-def _integer_labels(volume: io.Volume, max_id: int) -> np.ndarray:
+def _integer_labels(volume: Volume, max_id: int) -> np.ndarray:
     values = volume.array
     if not np.array_equal(values, np.rint(values)) or values.min() < 0 or values.max() > max_id:
-        raise io.InputError(
+        raise InputError(
             volume.path, f"expected integer label ids in 0…{max_id}, found {values.min()}…{values.max()}"
         )
     return values.astype(np.int16)
 
 
-def read_task(path: str | Path, task: str, grid: io.Volume) -> np.ndarray:
+def read_task(path: str | Path, task: str, grid: Volume) -> np.ndarray:
     """One TotalSegmentator task's labels on `grid`'s grid, in merged ids (int16 (Z, Y, X)).
 
     path: a multi-label file (task ids) or a folder of `{class name}.nii[.gz]` masks.
@@ -88,19 +96,19 @@ def read_task(path: str | Path, task: str, grid: io.Volume) -> np.ndarray:
     path = Path(path)
     if path.is_dir():
         merged = np.zeros(grid.array.shape, np.int16)
-        files = sorted(p for p in path.iterdir() if p.name.endswith(io.NIFTI_SUFFIXES))
+        files = sorted(p for p in path.iterdir() if p.name.endswith(NIFTI_SUFFIXES))
         if not files:
-            raise io.InputError(path, f"no NIfTI masks found for the {task} task")
+            raise InputError(path, f"no NIfTI masks found for the {task} task")
         for file in files:
-            name = io.strip_nifti_suffix(file.name)
+            name = strip_nifti_suffix(file.name)
             if name not in classes:
-                raise io.InputError(file, f"not a class of the TotalSegmentator {task} task")
-            mask = io.read_volume(file)
-            io.check_same_grid(grid, mask)
+                raise InputError(file, f"not a class of the TotalSegmentator {task} task")
+            mask = read_volume(file)
+            check_same_grid(grid, mask)
             merged[mask.array > 0] = classes[name] + offset
         return merged
-    volume = io.read_volume(path)
-    io.check_same_grid(grid, volume)
+    volume = read_volume(path)
+    check_same_grid(grid, volume)
     labels = _integer_labels(volume, len(classes))
     return np.where(labels > 0, labels + offset, 0).astype(np.int16)
 
@@ -126,20 +134,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, required=True, help="merged label map (.nii.gz)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     args = parser.parse_args(argv)
-    if not str(args.output).endswith(io.NIFTI_SUFFIXES):
-        raise io.InputError(args.output, "output must end in .nii or .nii.gz")
+    if not str(args.output).endswith(NIFTI_SUFFIXES):
+        raise InputError(args.output, "output must end in .nii or .nii.gz")
     if args.output.exists() and not args.overwrite:
-        raise io.InputError(args.output, "exists (use --overwrite to replace it)")
-    coronary = io.read_volume(args.coronary)
+        raise InputError(args.output, "exists (use --overwrite to replace it)")
+    coronary = read_volume(args.coronary)
     if not np.any(coronary.array > 0):
-        raise io.InputError(args.coronary, "coronary label is empty")
+        raise InputError(args.coronary, "coronary label is empty")
     tasks = [
         read_task(p, task, coronary)
         for p, task in ((args.total, "total"), (args.heartchambers, "heartchambers_highres"))
         if p
     ]
     merged = merge_labels(coronary.array, *tasks)
-    io.write_volume(merged, args.output, coronary, dtype=np.uint8)
+    write_volume(merged, args.output, coronary, dtype=np.uint8)
     present = ", ".join(str(i) for i in np.unique(merged) if i)
     print(f"merged label map written to {args.output} (ids {present})")
     return 0

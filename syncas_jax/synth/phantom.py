@@ -26,7 +26,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
-from syncas_jax import io
+from syncas_jax.common.nifti import volume_from_array, write_volume
 from syncas_jax.synth.hu_table import CORONARY_ID
 
 # Label ids (TotalSegmentator `total` as is, `heartchambers_highres` + 117, coronary 128).
@@ -386,9 +386,9 @@ def write_phantom_case(
     The label is written last, so its presence marks a complete case. Returns both paths.
     """
     image, labels, affine = make_phantom(shape, spacing, seed)
-    like = io.volume_from_array(image, spacing, affine)
+    like = volume_from_array(image, spacing, affine)
     folder = Path(folder)
     image_path, label_path = folder / f"{case_id}.img.nii.gz", folder / f"{case_id}.label.nii.gz"
-    io.write_volume(image, image_path, like, dtype=np.int16)
-    io.write_volume(labels, label_path, like, dtype=np.uint8)
+    write_volume(image, image_path, like, dtype=np.int16)
+    write_volume(labels, label_path, like, dtype=np.uint8)
     return image_path, label_path

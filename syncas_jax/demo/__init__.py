@@ -1,0 +1,1 @@
+"""The end-to-end phantom demo (`python -m syncas_jax.demo`)."""

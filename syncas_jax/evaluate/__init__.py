@@ -1,0 +1,1 @@
+"""Evaluation stage: pair predictions with references, the metric table, overlays."""

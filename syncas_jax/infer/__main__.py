@@ -1,0 +1,127 @@
+"""Predict coronary masks on CT volumes: `python -m syncas_jax.infer` (SPEC §6).
+
+    python -m syncas_jax.infer -i IN -o OUT -m CHECKPOINT [--no-tta] [--save-probabilities]
+                               [--step 0.5] [--batch N] [--overwrite]
+
+IN is a NIfTI file or a folder of them (`.nii.gz` / `.nii`, hidden files and other
+extensions ignored). Output names: `<x>NCCT.nii.gz` → `CA_<x>NCCT.nii.gz`, any other
+file keeps its name; OUT is a folder, or for a single input file also a file name
+ending in `.nii.gz`/`.nii`. CHECKPOINT is a syncas_jax checkpoint folder (from train or
+convert) or a reference `.pth`, converted on the fly.
+
+Per case: read (z, y, x) → same preprocessing as training (crop, CT window, resample
+to the target spacing) → Gaussian-weighted sliding window with 8-way mirror TTA
+(`syncas_jax.nets.sliding_window`) → softmax back to the original grid (order-1
+interpolation, order 0 along a separately resampled coarse axis, background outside
+the crop box; nnU-Net's export) → argmax → uint8 mask written with exactly the input's
+affine and header. With --save-probabilities the coronary-class probability goes to
+`<output name without .nii.gz>_prob.nii.gz`: float32 in [0, 1], same grid, affine and
+header (written before the mask, so an existing mask marks a finished case).
+
+Target spacing and patch size come from the checkpoint's training config; checkpoints
+without one (converted reference weights) use SPEC's (3.0, 0.349609375, 0.349609375) mm
+and (32, 224, 224); --spacing/--patch-size override either.
+
+Cases whose output exists are skipped unless --overwrite. A failing case (unreadable,
+not 3D, ...) is reported on one line naming the file and the others go on; the exit
+status is 1 if any case failed, 2 for an unusable input folder or checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from syncas_jax.common.console import guarded, note, progress
+from syncas_jax.common.errors import InputError
+from syncas_jax.common.precision import PRECISIONS
+from syncas_jax.infer.cases import WindowSettings, case_done, find_inputs, plan_outputs, run_case
+from syncas_jax.infer.predict import inference_settings, load_model_for_inference
+
+
+def _window_progress(name: str) -> Callable[[Iterable[Any], int], Iterable[Any]]:
+    return lambda items, total: progress(items, f"{name} windows", total=total)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m syncas_jax.infer",
+        description="Segment coronary arteries on CT volumes with a trained SynCAS network (sliding window, "
+        "Gaussian weighting, mirror TTA) and write uint8 NIfTI masks in each input's geometry.",
+    )
+    parser.add_argument("-i", "--input", type=Path, required=True, help="NIfTI file or folder of NIfTI files")
+    parser.add_argument(
+        "-o", "--output", type=Path, required=True, help="output folder (or, for one input file, a .nii.gz path)"
+    )
+    parser.add_argument(
+        "-m", "--model", type=Path, required=True, help="checkpoint folder (train/convert) or reference .pth"
+    )
+    parser.add_argument("--no-tta", action="store_true", help="no mirror test-time augmentation (8x faster)")
+    parser.add_argument(
+        "--save-probabilities", action="store_true", help="also write <name>_prob.nii.gz (float32 coronary probability)"
+    )
+    parser.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (0, 1]")
+    parser.add_argument("--batch", type=int, default=1, help="windows per network call")
+    parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing in mm")
+    parser.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="window size in voxels")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="compute precision (auto: bfloat16 on TPU, else float32)",
+    )
+    args = parser.parse_args(argv)
+    if not 0 < args.step <= 1:
+        parser.error(f"--step must be in (0, 1], got {args.step}")
+    if args.batch < 1:
+        parser.error(f"--batch must be >= 1, got {args.batch}")
+    return args
+
+
+@guarded
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    inputs = find_inputs(args.input)
+    pairs = plan_outputs(inputs, args.input, args.output)
+    todo = [(s, o) for s, o in pairs if args.overwrite or not case_done(o, args.save_probabilities)]
+    skipped = len(pairs) - len(todo)
+    if skipped:
+        note(f"skipping {skipped} case(s) already predicted (use --overwrite to redo)")
+    if not todo:
+        print(f"nothing to do: all {len(pairs)} case(s) already predicted in {args.output}")
+        return 0
+
+    predict_fn, meta = load_model_for_inference(args.model, precision=args.precision)
+    try:
+        spacing, patch_size = inference_settings(meta, args.spacing, args.patch_size)
+    except ValueError as error:
+        raise InputError(args.model, str(error)) from None
+    settings = WindowSettings(spacing, patch_size, args.step, not args.no_tta, args.batch)
+    failed = 0
+    for source, output in progress(todo, "cases"):
+        try:
+            run_case(
+                source,
+                output,
+                predict_fn,
+                settings,
+                probabilities=args.save_probabilities,
+                progress=_window_progress(source.name),
+            )
+        except InputError as error:
+            failed += 1
+            note(f"error: {error}")
+        except Exception as error:  # keep going; name the file and the unexpected error
+            failed += 1
+            note(f"error: {source}: unexpected {type(error).__name__}: {error}")
+    done = len(todo) - failed
+    print(f"predicted {done} case(s), skipped {skipped}, failed {failed}; outputs in {args.output}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

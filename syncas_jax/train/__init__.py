@@ -1,0 +1,1 @@
+"""Training stage: nested config, train state, the jitted step, data parallelism, the epoch loop."""

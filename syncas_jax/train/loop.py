@@ -1,0 +1,311 @@
+"""The training loop: a short driver over named pieces (SPEC §5).
+
+    select cases → restore or init → make loaders → per epoch: run the steps → validate →
+    (every test_every epochs) score the evaluation folder → record → save `latest` (and `best`)
+
+Checkpoints hold the train state plus metadata: global step, history (`RunHistory`), the
+loader's iterator state, the sums of an interrupted epoch, the model architecture and the
+flat config. Interruption is a callable checked after every step (`should_stop`; by default
+Ctrl-C, deferred so a step is never cut in half): the run saves `latest` at that step and
+raises KeyboardInterrupt; `resume=True` continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+from tqdm.auto import tqdm
+
+from syncas_jax.common.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
+from syncas_jax.common.errors import InputError
+from syncas_jax.data.cache import cached_case_ids
+from syncas_jax.data.loader import make_train_loader, make_val_loader, split_cases
+from syncas_jax.nets.unet import SynCASNet
+from syncas_jax.train.config import Config
+from syncas_jax.train.evaluation import evaluate_folder
+from syncas_jax.train.history import EpochSums, RunHistory
+from syncas_jax.train.parallel import make_mesh, replicate, shard_batch
+from syncas_jax.train.state import (
+    TrainState,
+    create_train_state,
+    learning_rate_schedule,
+    make_model,
+    state_from_tree,
+    state_tree,
+)
+from syncas_jax.train.step import StepFn, jit_train_step, jit_validation_counts, make_augment, pseudo_dice, step_key
+
+StopFn = Callable[[int], bool]  # called with the global step after each step; True stops the run
+
+
+@dataclass
+class Run:
+    """Everything that changes while training: the state, where it is, and what has been recorded."""
+
+    config: Config
+    mesh: Mesh
+    model: SynCASNet
+    state: TrainState
+    step: int
+    history: RunHistory
+    epoch_sums: EpochSums
+    loader_state: dict[str, Any] | None
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.train.output_dir)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def epoch(self) -> int:
+        """The 0-based epoch the next step belongs to."""
+        return self.step // self.config.train.num_iterations_per_epoch
+
+
+# ------------------------------------------------------------------------------ pieces
+
+
+def select_cases(config: Config) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids) from the cache: explicit val_cases, else a seeded val_fraction split."""
+    data = config.data
+    case_ids = cached_case_ids(data.data_dir) if Path(data.data_dir).is_dir() else []
+    if not case_ids:
+        raise InputError(data.data_dir, "no preprocessed cases found (run python -m syncas_jax.preprocess first)")
+    if data.val_cases:
+        missing = sorted(set(data.val_cases) - set(case_ids))
+        if missing:
+            raise InputError(data.data_dir, f"validation cases not in the cache: {missing}")
+        val_ids = sorted(data.val_cases)
+        train_ids = [c for c in case_ids if c not in val_ids]
+    else:
+        train_ids, val_ids = split_cases(case_ids, data.val_fraction, config.train.seed)
+    if not train_ids:
+        raise InputError(data.data_dir, "no training cases left after the validation split")
+    return train_ids, val_ids or train_ids
+
+
+def check_devices(config: Config, mesh: Mesh) -> None:
+    if config.data.batch_size % mesh.size:
+        raise InputError(
+            None, f"batch_size {config.data.batch_size} is not divisible by the number of devices ({mesh.size})"
+        )
+    folder = config.train.evaluation_folder
+    if folder and not Path(folder).is_dir():
+        raise InputError(folder, "evaluation_folder not found")
+
+
+def restore_or_init(config: Config, mesh: Mesh, resume: bool, log: Callable[[str], None]) -> Run:
+    """A fresh run, or the one saved in checkpoints/latest when `resume` and it exists."""
+    state = create_train_state(config, jax.random.key(config.train.seed))
+    run = Run(config, mesh, make_model(config), state, 0, RunHistory(), EpochSums(), None)
+    latest = run.checkpoints / "latest"
+    if resume and is_checkpoint(latest):
+        tree, meta = load_checkpoint(latest, target=state_tree(state))
+        run.state = state_from_tree(state, tree)
+        run.step = int(meta["step"])
+        run.history = RunHistory.from_json(meta)
+        run.epoch_sums = EpochSums.from_json(meta.get("partial"))
+        run.loader_state = meta.get("loader")
+        log(f"resumed from {latest} at step {run.step}")
+    elif resume:
+        log(f"no checkpoint at {latest}; starting from scratch")
+    run.state = replicate(run.state, mesh)
+    return run
+
+
+@dataclass
+class Loaders:
+    train: Any  # grain DatasetIterator (get_state / set_state)
+    val: Any  # grain IterDataset, identical on every pass
+
+
+def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], loader_state: Any) -> Loaders:
+    """This process's share of the training stream (resumed from `loader_state`) and the validation batches."""
+    data = config.data
+    local_batch = data.batch_size // jax.process_count()
+    train = make_train_loader(
+        data.data_dir,
+        train_ids,
+        data.patch_size,
+        local_batch,
+        seed=config.train.seed,
+        oversample_foreground=data.oversample_foreground_percent,
+        workers=data.workers,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
+    train_iter = iter(train)
+    if loader_state is not None:
+        train_iter.set_state(loader_state)
+    val = make_val_loader(
+        data.data_dir,
+        val_ids,
+        data.patch_size,
+        local_batch,
+        num_batches=max(config.train.num_val_iterations_per_epoch, 1),
+        seed=config.train.seed + 1,
+        oversample_foreground=data.oversample_foreground_percent,
+    )
+    return Loaders(train_iter, val)
+
+
+class StepCache:
+    """One jitted step per (negatives, pseudo-negatives) setting: they double halfway through training."""
+
+    def __init__(self, run: Run):
+        self._run = run
+        self.augment = make_augment(run.config.augment)
+        self._steps: dict[tuple[int, int], StepFn] = {}
+
+    def __call__(self, epoch: int) -> StepFn:
+        negatives = self._run.config.negatives_at(epoch)
+        if negatives not in self._steps:
+            self._steps[negatives] = jit_train_step(self._run.model, self._run.config.loss, negatives, self.augment)
+        return self._steps[negatives]
+
+
+def checkpoint_meta(run: Run, loaders: Loaders, partial: EpochSums | None) -> dict[str, Any]:
+    return {
+        "step": run.step,
+        **run.history.to_json(),
+        "loader": loaders.train.get_state(),
+        "partial": None if partial is None else partial.to_json(),
+        "rng": np.asarray(jax.random.key_data(jax.random.key(run.config.train.seed))).tolist(),
+        "model": run.config.model.architecture(),
+        "config": run.config.to_flat(),
+    }
+
+
+def save(run: Run, loaders: Loaders, partial: EpochSums | None = None, *, best: bool = False) -> None:
+    """Save `latest` (and `best`) from the primary process."""
+    if jax.process_index() != 0:
+        return
+    meta = checkpoint_meta(run, loaders, partial)
+    save_checkpoint(run.checkpoints / "latest", state_tree(run.state), meta)
+    if best:
+        save_checkpoint(run.checkpoints / "best", state_tree(run.state), meta)
+
+
+def run_epoch(run: Run, loaders: Loaders, steps: StepCache, should_stop: StopFn, progress: bool) -> EpochSums:
+    """The remaining steps of the current epoch. When `should_stop` says so, saves `latest` and raises."""
+    iterations = run.config.train.num_iterations_per_epoch
+    epoch, start = divmod(run.step, iterations)
+    sums, run.epoch_sums = run.epoch_sums, EpochSums()
+    started = time.perf_counter() - sums.seconds
+    step_fn = steps(epoch)
+    bar = tqdm(range(start, iterations), desc=f"epoch {epoch + 1}/{run.config.train.num_epochs}",
+               disable=not progress, leave=False)  # fmt: skip
+    for _ in bar:
+        batch = shard_batch(next(loaders.train), run.mesh)
+        run.state, metrics = step_fn(run.state, batch, step_key(run.config.train.seed, run.step))
+        run.step += 1
+        sums.add({k: float(v) for k, v in jax.device_get(metrics).items()})
+        bar.set_postfix(loss=f"{sums.sums['loss'] / sums.count:.4f}")
+        if should_stop(run.step):
+            sums.seconds = time.perf_counter() - started
+            save(run, loaders, sums)
+            raise KeyboardInterrupt(f"stopped at step {run.step}")
+    sums.seconds = time.perf_counter() - started
+    return sums
+
+
+def validate(run: Run, loaders: Loaders, validate_fn: Callable) -> float:
+    """Pseudo-Dice of the validation batches (counts summed over every batch, then one Dice)."""
+    counts = np.zeros(3)
+    for batch in loaders.val:
+        counts += np.asarray(jax.device_get(validate_fn(run.state, shard_batch(batch, run.mesh))))
+    return pseudo_dice(counts)
+
+
+def end_epoch(run: Run, loaders: Loaders, sums: EpochSums, pseudo: float, log: Callable[[str], None]) -> None:
+    """Record the finished epoch, score the evaluation folder when due, save and log."""
+    config = run.config
+    epoch = run.step // config.train.num_iterations_per_epoch  # 1-based: the epoch just finished
+    record = {
+        "epoch": epoch,
+        "step": run.step,
+        **sums.means(config.train.num_iterations_per_epoch),
+        "lr": float(learning_rate_schedule(config.train)((epoch - 1) * config.train.num_iterations_per_epoch)),
+        "negatives": list(config.negatives_at(epoch - 1)),
+        "seconds": sums.seconds,
+    }
+    if config.train.evaluation_folder and epoch % config.train.test_every == 0 and jax.process_index() == 0:
+        report = evaluate_folder(run.state, config, run.out / "evaluation" / f"epoch_{epoch:04d}.json")
+        record["eval_dice"] = report["summary"].get("dice", {}).get("mean")
+        log(f"epoch {epoch}: evaluation folder Dice {record['eval_dice']}")
+    improved = run.history.add(record, pseudo, config.train.pseudo_dice_ema)
+    save(run, loaders, best=improved)
+    if jax.process_index() == 0:
+        run.history.write(run.out)
+    record = run.history.last
+    log(
+        f"epoch {epoch}: loss {record['loss']:.4f} (dice_ce {record['dice_ce']:.4f}, contrastive "
+        f"{record['contrastive']:.4f}), pseudo-Dice {pseudo:.4f}, EMA {run.history.ema:.4f}"
+        f"{' (best)' if improved else ''}"
+    )
+
+
+@contextlib.contextmanager
+def ctrl_c_requested() -> Iterator[StopFn]:
+    """A StopFn that turns Ctrl-C (SIGINT) into "stop after this step" (main thread only)."""
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda step: False
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["set"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda step: flag["set"]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# ------------------------------------------------------------------------------ the driver
+
+
+def train_and_evaluate(
+    config: Config,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    should_stop: StopFn | None = None,
+) -> dict[str, Any]:
+    """Train per `config`, validating each epoch; checkpoints `latest` and `best` under output_dir.
+
+    should_stop(step) is asked after every step (default: was Ctrl-C pressed?); when True the run
+    saves `latest` and raises KeyboardInterrupt. Returns the last epoch's record.
+    """
+    train_ids, val_ids = select_cases(config)
+    mesh = make_mesh()
+    check_devices(config, mesh)
+    run = restore_or_init(config, mesh, resume, log)
+    loaders = make_loaders(config, train_ids, val_ids, run.loader_state)
+    steps = StepCache(run)
+    validate_fn = jit_validation_counts(run.model)
+    with contextlib.ExitStack() as stack:
+        stop = should_stop or stack.enter_context(ctrl_c_requested())
+        while run.step < config.train.total_steps:
+            try:
+                sums = run_epoch(run, loaders, steps, stop, progress)
+            except KeyboardInterrupt:
+                log(f"interrupted: saved {run.checkpoints / 'latest'} at step {run.step}; continue with --resume")
+                raise
+            end_epoch(run, loaders, sums, validate(run, loaders, validate_fn), log)
+    return run.history.last

@@ -1,0 +1,72 @@
+"""The train state (parameters, batch statistics, optimiser) and the optimiser the reference uses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import serialization
+from flax.training import train_state
+
+from syncas_jax.common.precision import compute_dtype
+from syncas_jax.nets.unet import SynCASNet
+from syncas_jax.train.config import Config, TrainConfig
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any = None
+
+
+def make_model(config: Config) -> SynCASNet:
+    """The network of a training run, computing in the run's precision."""
+    return config.model.build(compute_dtype(config.train.precision, "train"))
+
+
+def learning_rate_schedule(train: TrainConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """Polynomial decay per epoch: lr · (1 − epoch / num_epochs)^0.9, epoch = step // iterations."""
+
+    def schedule(count: jnp.ndarray) -> jnp.ndarray:
+        epoch = count // train.num_iterations_per_epoch
+        return train.initial_lr * (1 - epoch / train.num_epochs) ** 0.9
+
+    return schedule
+
+
+def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
+    """Clip at global norm 12 → weight decay (PyTorch-style, added to the gradient) → SGD Nesterov 0.99."""
+    return optax.chain(
+        optax.clip_by_global_norm(train.grad_clip_norm),
+        optax.add_decayed_weights(train.weight_decay),
+        optax.sgd(learning_rate_schedule(train), momentum=train.momentum, nesterov=True),
+    )
+
+
+def create_train_state(config: Config, key: jax.Array) -> TrainState:
+    """Freshly initialised parameters (He normal convs, PyTorch-default heads) and optimiser state."""
+    model = make_model(config)
+    size = config.model.size_multiple
+    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, size, 1)), method=SynCASNet.forward_projected))
+    variables = init(key)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats"),
+        tx=make_optimizer(config.train),
+    )
+
+
+def state_tree(state: TrainState) -> dict[str, Any]:
+    """The state as a plain pytree (what checkpoints store)."""
+    return serialization.to_state_dict(state)
+
+
+def state_from_tree(template: TrainState, tree: dict[str, Any]) -> TrainState:
+    return serialization.from_state_dict(template, tree)
+
+
+def variables(params: Any, batch_stats: Any) -> dict[str, Any]:
+    """Flax variables of the network: {'params'} plus {'batch_stats'} with batch norm."""
+    return {"params": params} if batch_stats is None else {"params": params, "batch_stats": batch_stats}
