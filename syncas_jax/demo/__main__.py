@@ -29,7 +29,7 @@ from pathlib import Path
 
 from syncas_jax.common.console import guarded
 from syncas_jax.common.errors import InputError
-from syncas_jax.train.config import read_config_file
+from syncas_jax.train.config import read_config_file, shipped_config_path
 
 # Sizes: (phantom shape z y x, phantom spacing mm, config overrides)
 PRESETS = {
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     run(python_m("syncas_jax.synth", "-i", str(test_cta), "-o", str(out / "test_synth"), "--views", "1"), log)
     stage_test_scans(out / "test_synth", out / "test_ncct", out / "test_labels")
 
-    config = {**read_config_file("demo"), **overrides}
+    config = {**read_config_file(shipped_config_path("demo")), **overrides}
     config.update(data_dir=str(out / "cache"), output_dir=str(out / "train"))
     config_path = out / "demo_config.json"
     config_path.write_text(json.dumps(config, indent=2))

@@ -115,6 +115,6 @@ def write_report(out_dir: Path, cases: Sequence[Case], summary: dict[str, dict[s
         "summary": summary,
         "conventions": "HD95/MSD in mm as DeepMind surface-distance (max of directed area-weighted 95th percentiles;"
         " mean of directed area-weighted averages); null = not finite (one mask empty); mean/std over finite"
-        " values, n = their count; Agatston per SPEC section 7.",
+        " values, n = their count; Agatston per docs/design.md §7.",
     }  # fmt: skip
     write_json(report, out_dir / "metrics.json")

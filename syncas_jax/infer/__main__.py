@@ -1,4 +1,4 @@
-"""Predict coronary masks on CT volumes: `python -m syncas_jax.infer` (SPEC §6).
+"""Predict coronary masks on CT volumes: `python -m syncas_jax.infer` (design §6).
 
     python -m syncas_jax.infer -i IN -o OUT -m CHECKPOINT [--no-tta] [--save-probabilities]
                                [--step 0.5] [--batch N] [--overwrite]
@@ -19,7 +19,7 @@ affine and header. With --save-probabilities the coronary-class probability goes
 header (written before the mask, so an existing mask marks a finished case).
 
 Target spacing and patch size come from the checkpoint's training config; checkpoints
-without one (converted reference weights) use SPEC's (3.0, 0.349609375, 0.349609375) mm
+without one (converted reference weights) use the reference's (3.0, 0.349609375, 0.349609375) mm
 and (32, 224, 224); --spacing/--patch-size override either.
 
 Cases whose output exists are skipped unless --overwrite. A failing case (unreadable,

@@ -1,4 +1,4 @@
-"""Branch-aware (and plain) voxel contrastive loss between two views (SPEC §4).
+"""Branch-aware (and plain) voxel contrastive loss between two views (design §4).
 
 Static shapes throughout: the variable-size voxel sets P (positives), N (negatives)
 and Q (pseudo-negatives) are boolean masks, and sampling from them is masked sampling
@@ -25,7 +25,7 @@ MASKED_LOGIT = -1e9
 
 @dataclass(frozen=True)
 class ContrastiveConfig:
-    """The contrastive term of the training loss (SPEC §4), reference defaults.
+    """The contrastive term of the training loss (design §4), reference defaults.
 
     num_anchor: anchors per item (from the positives); neg_per_anchor, pseudo_neg_per_anchor:
     samples per anchor in the first half of training (doubled from half the epochs on);

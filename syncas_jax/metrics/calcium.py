@@ -1,4 +1,4 @@
-"""Coronary calcium: Agatston score of a CT image inside a mask (SPEC §7)."""
+"""Coronary calcium: Agatston score of a CT image inside a mask (design §7)."""
 
 from __future__ import annotations
 

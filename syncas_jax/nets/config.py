@@ -14,7 +14,7 @@ ARCHITECTURE_FIELDS = ("ngf", "depth", "norm", "head_bias")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """SynCAS U-Net + projection heads (SPEC §3). Defaults are the reference network.
+    """SynCAS U-Net + projection heads (design §3). Defaults are the reference network.
 
     ngf: channels of the first level (doubling per level); depth: encoder levels (≥ 3 for the
     four contrastive taps); norm: "batch" or "instance"; head_bias: a bias on the logits conv

@@ -1,4 +1,4 @@
-"""The SynCAS 3D U-Net and its contrastive projection heads (SPEC §3), channels-last.
+"""The SynCAS 3D U-Net and its contrastive projection heads (design §3), channels-last.
 
 Shapes: input (N, Z, Y, X, 1); logits (N, Z, Y, X, 2). With the defaults (ngf 16,
 depth 4) the four contrastive taps are

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from syncas_jax.common.console import guarded, progress
+from syncas_jax.common.console import guarded, note, progress
 from syncas_jax.common.errors import InputError
 from syncas_jax.common.files import write_json
 from syncas_jax.common.nifti import Volume, check_same_grid, read_volume, write_volume
@@ -153,9 +153,7 @@ class RunLog:
         with open(self.path, "a") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
         if echo:
-            from tqdm.auto import tqdm
-
-            tqdm.write(line, file=sys.stderr)
+            note(line)
 
 
 def run_phantoms(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Render synthetic non-contrast CT views of one labelled CTA case (SPEC §1).
+"""Render synthetic non-contrast CT views of one labelled CTA case (design §1).
 
 Per view: HU reassignment (`hu`) → simulated CT acquisition of every axial slice
 (`ct`) → plaque insertion (`plaques`). Views of a case differ only in their random

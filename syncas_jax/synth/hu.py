@@ -1,4 +1,4 @@
-"""HU reassignment: give every labelled structure its non-contrast HU (SPEC §1 step 1).
+"""HU reassignment: give every labelled structure its non-contrast HU (design §1 step 1).
 
 For each structure of the table, in order: with probability 0.5 add a uniform offset
 in [−200, 200] HU to its value, dilate its mask in-plane (per axial slice) with a disk

@@ -250,7 +250,7 @@ def make_phantom(
     """A labelled CTA-like chest volume.
 
     shape: (Z, Y, X) voxels; spacing: (z, y, x) mm. Returns image float32 (Z, Y, X) in HU,
-    labels int16 (Z, Y, X) with the ids of the SPEC table (and a few more: lungs, bone,
+    labels int16 (Z, Y, X) with the ids of the HU table (design §1) (and a few more: lungs, bone,
     descending aorta 52, portal vein 64), and the 4×4 NIfTI affine (for (x, y, z) indices).
     """
     rng = np.random.default_rng(seed)

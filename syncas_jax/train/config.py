@@ -1,6 +1,6 @@
 """The training configuration: one nested, typed object built from flat JSON keys in one place.
 
-A config file is a flat JSON object with the reference's keys (SPEC §5) plus ours. `FLAT_KEYS`
+A config file is a flat JSON object with the reference's keys (design §5) plus ours. `FLAT_KEYS`
 maps every key onto a field of one stage's dataclass:
 
   model    `syncas_jax.nets.config.ModelConfig`          ngf, depth, norm, head_bias, conv_impl
@@ -210,13 +210,18 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> tuple[Confi
     return config, ignored
 
 
+def shipped_config_path(name: str) -> Path:
+    """The file of a config that ships inside the package (`demo`, `reference`, ...)."""
+    return Path(str(resources.files("syncas_jax") / "configs" / f"{name}.json"))
+
+
 def config_path(name_or_path: str | os.PathLike) -> Path:
-    """A config file: the path as given, else a shipped config by name (`demo`, `reference`, ...)."""
+    """A config file: an existing file as given, else a bare name of a shipped config, else the path as given."""
     path = Path(name_or_path)
-    if path.exists() or path.suffix or len(path.parts) > 1:
+    if path.is_file() or path.suffix or len(path.parts) > 1:
         return path
-    shipped = resources.files("syncas_jax") / "configs" / f"{name_or_path}.json"
-    return Path(str(shipped)) if shipped.is_file() else path
+    shipped = shipped_config_path(str(name_or_path))
+    return shipped if shipped.is_file() else path
 
 
 def shipped_configs() -> list[str]:

@@ -17,7 +17,7 @@ from syncas_jax.synth.phantom import make_phantom
 from syncas_jax.synth.plaques import MAX_PLAQUES, coronary_centreline, insert_plaques
 
 SHAPE, SPACING = (16, 64, 64), (1.0, 0.5, 0.5)
-SPEC_IDS = {entry[0] for entry in hu_table.REFERENCE}
+TABLE_IDS = {entry[0] for entry in hu_table.REFERENCE}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_extended_table_covers_reference_and_great_vessels():
 def test_phantom_labels_intensities_geometry(phantom):
     image, labels, affine = phantom
     assert image.shape == labels.shape == SHAPE and image.dtype == np.float32 and labels.dtype == np.int16
-    assert set(np.unique(labels).tolist()) >= SPEC_IDS
+    assert set(np.unique(labels).tolist()) >= TABLE_IDS
     np.testing.assert_allclose(np.abs(np.diag(affine)[:3]), SPACING[::-1])
 
     def median(label_id):

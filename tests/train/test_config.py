@@ -83,3 +83,10 @@ def test_missing_and_non_json_files(tmp_path):
 def test_negatives_double_after_half_the_epochs():
     config, _ = config_from_dict({"num_epochs": 10, "neg_per_anchor": 5, "pseudo_neg_per_anchor": 1})
     assert [config.negatives_at(e) for e in (0, 4, 5, 9)] == [(5, 1), (5, 1), (10, 2), (10, 2)]
+
+
+def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path, monkeypatch):
+    (tmp_path / "demo").mkdir()  # e.g. the demo's own output folder in the working directory
+    monkeypatch.chdir(tmp_path)
+    config, _ = load_config("demo")
+    assert config == load_config(CONFIGS / "demo.json")[0]
