@@ -62,20 +62,6 @@ class ModelConfig:
             raise ValueError(f"invalid model entry {model}") from None
         return cls(**values, **runtime)
 
-    def build(self, dtype: Any = None):
-        """The Flax module SynCASNet (U-Net + heads) computing in `dtype` (default float32)."""
-        from syncas_jax.nets.unet import SynCASNet
-
-        return SynCASNet(**asdict(self), dtype=_dtype(dtype))
-
-    def build_unet(self, dtype: Any = None):
-        """The U-Net alone (inference)."""
-        from syncas_jax.nets.unet import UNet3D
-
-        return UNet3D(**asdict(self), dtype=_dtype(dtype))
-
-
-def _dtype(dtype: Any) -> Any:
-    import jax.numpy as jnp
-
-    return jnp.float32 if dtype is None else jnp.dtype(dtype)
+    def module_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the Flax modules (`SynCASNet(**model.module_kwargs(), dtype=...)`)."""
+        return asdict(self)

@@ -12,7 +12,7 @@ from flax import serialization
 from flax.training import train_state
 
 from syncas_jax.common.precision import compute_dtype
-from syncas_jax.nets.unet import SynCASNet
+from syncas_jax.nets.unet import SynCASNet, build_model
 from syncas_jax.train.config import Config, TrainConfig
 
 
@@ -22,7 +22,7 @@ class TrainState(train_state.TrainState):
 
 def make_model(config: Config) -> SynCASNet:
     """The network of a training run, computing in the run's precision."""
-    return config.model.build(compute_dtype(config.train.precision, "train"))
+    return build_model(config.model, compute_dtype(config.train.precision, "train"))
 
 
 def learning_rate_schedule(train: TrainConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
