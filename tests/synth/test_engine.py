@@ -64,6 +64,25 @@ def test_hu_draws_offsets_with_probability_half():
     np.testing.assert_array_equal(same, values[0])
 
 
+def test_realistic_render_puts_every_structure_at_its_table_hu():
+    """offsets=False: whatever the key, each structure's (dilated) voxels hold exactly its table HU."""
+    table = hu_table.REFERENCE
+    labels = np.zeros((len(table), 16, 16), np.int16)
+    for z, (label_id, _, _) in enumerate(table):  # one structure per slice, far from the others
+        labels[z, 6:10, 6:10] = label_id
+    image = np.full(labels.shape, 300.0, np.float32)
+    inside = np.zeros(labels.shape, bool)
+    inside[:, 6:10, 6:10] = True
+    for seed in range(8):
+        out = np.asarray(reassign_hu(image, labels, jax.random.key(seed), table, offsets=False))
+        for z, (_, name, hu) in enumerate(table):
+            np.testing.assert_array_equal(out[z][inside[z]], np.float32(hu), err_msg=name)
+        drawn = np.asarray(draw_hu_values(jax.random.key(seed), table, offsets=False))
+        np.testing.assert_array_equal(drawn, np.array([hu for _, _, hu in table], np.float32))
+    training = np.asarray(jax.vmap(lambda k: draw_hu_values(k, table))(jax.random.split(jax.random.key(0), 8)))
+    assert np.any(training != np.array([hu for _, _, hu in table]))  # the training draws do move
+
+
 def test_extended_table_covers_reference_and_great_vessels():
     ref_ids = [e[0] for e in hu_table.REFERENCE]
     ext_ids = [e[0] for e in hu_table.EXTENDED]
