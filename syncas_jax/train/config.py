@@ -47,6 +47,9 @@ REFERENCE_IGNORED_KEYS = frozenset(
 )  # fmt: skip
 
 
+GRAD_CLIP_SCOPES = ("all", "unet")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and the run: SGD Nesterov with polynomial decay, epochs, validation, outputs.
@@ -59,6 +62,7 @@ class TrainConfig:
     weight_decay: float = 3e-5
     momentum: float = 0.99
     grad_clip_norm: float = 12.0
+    grad_clip_scope: str = "all"  # "unet": clip the U-Net's gradients only, as the reference
     num_epochs: int = 100
     num_iterations_per_epoch: int = 40
     num_val_iterations_per_epoch: int = 10
@@ -76,6 +80,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_val_iterations_per_epoch < 0:
             raise ValueError(f"num_val_iterations_per_epoch must be >= 0, got {self.num_val_iterations_per_epoch}")
+        if self.grad_clip_scope not in GRAD_CLIP_SCOPES:
+            raise ValueError(f"'grad_clip_scope' must be one of {GRAD_CLIP_SCOPES}, got {self.grad_clip_scope!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"'precision' must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -111,10 +117,11 @@ class Config:
 FLAT_KEYS: dict[str, tuple[str, str]] = {
     **{name: ("model", name) for name in ("ngf", "depth", "norm", "head_bias", "conv_impl")},
     **{name: ("loss", name) for name in ("num_anchor", "neg_per_anchor", "pseudo_neg_per_anchor", "temperature",
-                                         "alpha", "branch_aware")},
+                                         "alpha", "branch_aware", "use_config_alpha_temperature")},
     "contrastive_weight": ("loss", "weight"),
     **{name: ("data", name) for name in ("data_dir", "patch_size", "spacing", "batch_size",
-                                         "oversample_foreground_percent", "val_fraction", "val_cases", "workers")},
+                                         "oversample_foreground_percent", "force_foreground", "val_fraction",
+                                         "val_cases", "workers")},
     "augmentated": ("augment", "enabled"),  # the reference's spelling
     **{f.name: ("train", f.name) for f in dataclasses.fields(TrainConfig)},
 }  # fmt: skip

@@ -143,7 +143,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], loade
         data.patch_size,
         local_batch,
         seed=config.train.seed,
-        oversample_foreground=data.oversample_foreground_percent,
+        oversample_foreground=data.foreground_probability,
         workers=data.workers,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
@@ -158,7 +158,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], loade
         local_batch,
         num_batches=max(config.train.num_val_iterations_per_epoch, 1),
         seed=config.train.seed + 1,
-        oversample_foreground=data.oversample_foreground_percent,
+        oversample_foreground=data.foreground_probability,
     )
     return Loaders(train_iter, val)
 

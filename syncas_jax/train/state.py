@@ -36,9 +36,16 @@ def learning_rate_schedule(train: TrainConfig) -> Callable[[jnp.ndarray], jnp.nd
 
 
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
-    """Clip at global norm 12 → weight decay (PyTorch-style, added to the gradient) → SGD Nesterov 0.99."""
+    """Clip at global norm 12 → weight decay (PyTorch-style, added to the gradient) → SGD Nesterov 0.99.
+
+    grad_clip_scope "unet" clips (and measures the norm of) the U-Net's gradients only, leaving the
+    projection heads' as they are (the reference clips its network's parameters only).
+    """
+    clip = optax.clip_by_global_norm(train.grad_clip_norm)
+    if train.grad_clip_scope == "unet":
+        clip = optax.masked(clip, lambda params: {name: name == "unet" for name in params})
     return optax.chain(
-        optax.clip_by_global_norm(train.grad_clip_norm),
+        clip,
         optax.add_decayed_weights(train.weight_decay),
         optax.sgd(learning_rate_schedule(train), momentum=train.momentum, nesterov=True),
     )
