@@ -36,7 +36,8 @@ def learning_rate_schedule(train: TrainConfig) -> Callable[[jnp.ndarray], jnp.nd
 
 
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
-    """Clip at global norm 12 → weight decay (PyTorch-style, added to the gradient) → SGD Nesterov 0.99.
+    """Clip at global norm 12 → weight decay (PyTorch-style, added to the gradient) → SGD Nesterov 0.99
+    (or Adam with `optimizer` "adam"), both at the polynomial learning-rate schedule.
 
     grad_clip_scope "unet" clips (and measures the norm of) the U-Net's gradients only, leaving the
     projection heads' as they are (the reference clips its network's parameters only).
@@ -47,7 +48,9 @@ def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(
         clip,
         optax.add_decayed_weights(train.weight_decay),
-        optax.sgd(learning_rate_schedule(train), momentum=train.momentum, nesterov=True),
+        optax.sgd(learning_rate_schedule(train), momentum=train.momentum, nesterov=True)
+        if train.optimizer == "sgd"
+        else optax.adam(learning_rate_schedule(train)),
     )
 
 
