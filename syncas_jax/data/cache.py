@@ -9,7 +9,8 @@ names of ``*.label.nii.gz`` with the suffix stripped. A plain ImageCAS-style
 Per case: read (z, y, x) arrays (`syncas_jax.common.nifti.read_volume`) → reorient to the
 canonical axes (`syncas_jax.data.orientation`, as inference does) → crop, window, resample
 (`syncas_jax.data.transforms`) → branch labels: 6-connected components of the coronary mask
-(label > 0, after resampling), renumbered by size: largest = 1, next = 2, …, background 0; ties are broken by the first voxel in C (z, y, x) order. int16.
+(label > 0, after resampling), renumbered by size: largest = 1, next = 2, …, background 0;
+ties are broken by the first voxel in C (z, y, x) order. int16.
 
 Cache layout: see `syncas_jax.data.layout` (views.npy, label.npy, fg.npy, json per case;
 dataset.json). Every file is written atomically (temporary name, then rename). The
