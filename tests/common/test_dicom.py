@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from pydicom.uid import JPEGLosslessSV1, MPEG2MPML, RLELossless
+from pydicom.uid import MPEG2MPML, JPEGLosslessSV1, RLELossless
 
 from syncas_jax.common.dicom import find_series_folders, read_dicom_series, read_scan, series_affine
 from syncas_jax.common.errors import InputError
@@ -82,7 +82,8 @@ def test_volume_matches_dcm2niix(tmp_path, layout):
     write_series(tmp_path / "s", hu, affine, LAYOUTS[layout], unsigned=True, intercept=-1024.0)
     out = tmp_path / "nifti"
     out.mkdir()
-    subprocess.run([binary, "-z", "n", "-f", "ref", "-o", str(out), str(tmp_path / "s")], check=True, capture_output=True)
+    command = [binary, "-z", "n", "-f", "ref", "-o", str(out), str(tmp_path / "s")]
+    subprocess.run(command, check=True, capture_output=True)
     reference = nib.load(out / "ref.nii")
     volume = read_dicom_series(tmp_path / "s").volume
     np.testing.assert_allclose(volume.affine, reference.affine, atol=1e-4)
@@ -153,6 +154,7 @@ def test_find_series_folders_and_read_scan(tmp_path):
     write_series(tmp_path / "export" / "s1", hu, affine)
     (tmp_path / "export" / "README.txt").write_text("not DICOM")
     (tmp_path / "export" / "s1" / "DICOMDIR.txt").write_text("not DICOM either")
-    assert find_series_folders(tmp_path / "export") == [tmp_path / "export" / "s1", tmp_path / "export" / "study" / "s2"]
-    assert find_series_folders(tmp_path / "export" / "s1") == [tmp_path / "export" / "s1"]
-    assert read_scan(tmp_path / "export" / "s1").array.shape == SHAPE
+    export = tmp_path / "export"
+    assert find_series_folders(export) == [export / "s1", export / "study" / "s2"]
+    assert find_series_folders(export / "s1") == [export / "s1"]
+    assert read_scan(export / "s1").array.shape == SHAPE
