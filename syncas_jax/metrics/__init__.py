@@ -4,8 +4,8 @@ Pure numpy functions: masks are boolean arrays of shape (Z, Y, X) (any array is 
 `> 0`), `spacing` is the (z, y, x) voxel size in mm, images are in HU.
 
 Modules: `overlap` (Dice, IoU, ...), `surface` (HD95, MSD in mm), `centreline` (clDice),
-`calcium` (Agatston, volume score, lesions); `case_metrics` runs them all on one case and `summarize` gives
-mean ± std over cases.
+`calcium` (Agatston, volume score, lesions); `case_metrics` runs them all on one case and
+`summarize` gives mean ± std over cases.
 
 Conventions for empty masks (nothing is ever NaN):
 
