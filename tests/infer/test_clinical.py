@@ -10,6 +10,7 @@ gives a different mask, so the tests fail if inference does not reorient (checke
 from __future__ import annotations
 
 import json
+import re
 
 import highdicom as hd
 import jax
@@ -27,6 +28,7 @@ from syncas_jax.data.volume import preprocess_image
 from syncas_jax.infer.__main__ import main as infer_main
 from syncas_jax.infer.cases import WindowSettings, predict_case, read_input
 from syncas_jax.synth.phantom import make_phantom
+from tests.common.test_dicom import PROBLEMS, bad_series
 from tests.dicom_series import AXIAL_FLIPPED, AXIAL_HEAD_FIRST, AXIAL_LPS, CORONAL, write_series
 from tests.infer.test_infer import TINY_CONFIG, TINY_MODEL, random_variables
 from tests.layouts import LAYOUTS, relayout, world_points
@@ -165,21 +167,25 @@ def same_report(a, b):
 
 
 def test_cli_on_a_pacs_export(tmp_path, tiny_checkpoint, capsys):
-    """A folder with a NIfTI scan, two series folders (one nested) and a folder mixing two series."""
+    """A folder with a NIfTI scan, two series folders (one nested) and one folder per bad series."""
     hu, affine = phantom()
     export, out = tmp_path / "export", tmp_path / "out"
     write_nifti(export / "scan.nii.gz", hu, affine, (3.0, 0.8, 0.8))
     write_series(export / "seriesA", hu, affine, AXIAL_LPS, seed=1)
     write_series(export / "study" / "seriesB", hu, affine, AXIAL_FLIPPED, unsigned=True, intercept=-1024.0, seed=2)
-    write_series(export / "mixed", hu, affine, prefix="A")
-    write_series(export / "mixed", hu, affine, prefix="B", series_number=9)
+    problems = {name: PROBLEMS[name] for name in PROBLEMS if name != "empty"}
+    bad = {name: bad_series(export, name) for name in problems}
     args = ["-i", str(export), "-o", str(out), "-m", str(tiny_checkpoint), "--no-tta", "--report", "--dicom-seg"]
     assert infer_main(args) == 1
-    err = capsys.readouterr().err
-    assert f"error: {export / 'mixed'}: holds 2 series" in err
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == len(bad)
+    for name, folder in bad.items():  # one line each, naming the folder and the problem
+        assert any(re.match(f"error: {re.escape(str(folder))}: .*{problems[name]}", line) for line in errors), name
+    assert f"predicted 3 case(s), skipped 0, failed {len(bad)}" in captured.out
     masks = {name: out / f"{name}.nii.gz" for name in ("scan", "CA_seriesA", "CA_study_seriesB")}
     assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in masks.values())
-    assert not (out / "scan.seg.dcm").exists() and not list(out.glob("CA_mixed*"))
+    assert not (out / "scan.seg.dcm").exists() and not list(out.glob("CA_series_*"))
 
     # One world-space mask, whatever the input's form; the series' masks are in dcm2niix's geometry.
     reference = world_points(masks["scan"])
