@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from syncas_jax import __version__
+from syncas_jax.calcium.report import report_paths, scan_calcium, write_calcium_report
 from syncas_jax.common.dicom import DicomSeries, find_series_folders, read_dicom_series
+from syncas_jax.common.dicom_seg import write_dicom_seg
 from syncas_jax.common.errors import InputError
 from syncas_jax.common.nifti import NIFTI_SUFFIXES, Volume, read_volume, strip_nifti_suffix, write_volume
 from syncas_jax.data.layout import PATCH_SIZE, TARGET_SPACING
@@ -92,8 +94,6 @@ def case_outputs(
     source: Path, output: Path, probabilities: bool = False, report: bool = False, dicom_seg: bool = False
 ) -> list[Path]:
     """Every file a case writes, the mask last. The DICOM SEG only for a series input."""
-    from syncas_jax.calcium.report import report_paths
-
     paths = [probability_path(output)] if probabilities else []
     if report:
         paths += list(report_paths(report_stem(output)).values())
@@ -185,13 +185,9 @@ def run_case(
     if prediction.probability is not None:
         write_volume(prediction.probability, probability_path(output), like=volume, dtype=np.float32)
     if report:
-        from syncas_jax.calcium.report import scan_calcium, write_calcium_report
-
         mask = Volume(prediction.segmentation, volume.spacing, volume.affine, volume.header, str(output))
         write_calcium_report(scan_calcium(volume, mask), report_stem(output))
     if dicom_seg and series is not None:
-        from syncas_jax.common.dicom_seg import write_dicom_seg
-
         write_dicom_seg(prediction.segmentation, series, seg_path(output), software_version=__version__)
     write_volume(prediction.segmentation, output, like=volume, dtype=np.uint8)
     return prediction
