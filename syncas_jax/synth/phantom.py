@@ -188,7 +188,7 @@ def draw_anatomy(seed: int) -> Anatomy:
         heart_roll_deg=float(rng.uniform(-20, 20)),
         heart_size=float(rng.uniform(0.85, 1.15)),
         fat_scale=float(rng.uniform(0.92, 1.15)),
-        fat_gap_mm=float(rng.uniform(1.0, 3.0)),
+        fat_gap_mm=float(rng.uniform(2.5, 5.0)),
         calibre_scale=float(rng.uniform(0.8, 1.2)),
         branches=present,
         length_fraction=lengths,
@@ -383,7 +383,7 @@ def _paint_heart(canvas: _Canvas, heart: _Heart, anatomy: Anatomy) -> None:
     local = heart.to_local(np.stack(np.broadcast_arrays(hw, hv, hu), axis=-1))
     right_heart = anatomy.contrast_hu * anatomy.right_heart_ratio
     parts = (
-        (heart.fat, None, -100.0, None),
+        (heart.fat, 0, -100.0, None),  # epicardial fat: unlabelled, whatever lay there before
         (heart.rv_outer, MYOCARDIUM, anatomy.myocardium_hu, None),
         (heart.rv, RIGHT_VENTRICLE, right_heart, heart.lv_outer),
         (heart.lv_outer, MYOCARDIUM, anatomy.myocardium_hu, None),
