@@ -33,6 +33,7 @@ from syncas_jax.common.precision import PRECISIONS
 from syncas_jax.data.augment import AugmentConfig
 from syncas_jax.data.config import DataConfig
 from syncas_jax.losses.contrastive import ContrastiveConfig
+from syncas_jax.losses.dice_ce import SegmentationLossConfig
 from syncas_jax.nets.config import ModelConfig
 
 # Keys of the reference config.json that this implementation does not use.
@@ -100,6 +101,7 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    segmentation: SegmentationLossConfig = field(default_factory=SegmentationLossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -123,6 +125,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     **{name: ("loss", name) for name in ("num_anchor", "neg_per_anchor", "pseudo_neg_per_anchor", "temperature",
                                          "alpha", "branch_aware", "use_config_alpha_temperature")},
     "contrastive_weight": ("loss", "weight"),
+    "ce_foreground_weight": ("segmentation", "ce_foreground_weight"),
     **{name: ("data", name) for name in ("data_dir", "patch_size", "spacing", "batch_size",
                                          "oversample_foreground_percent", "force_foreground", "val_fraction",
                                          "val_cases", "workers")},
@@ -131,7 +134,13 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
 }  # fmt: skip
 # Reference keys with one allowed value (checked, not stored).
 FIXED_KEYS = {"pos_per_anchor": (1, "the positive is the same voxel in the other view")}
-SECTIONS = {"model": ModelConfig, "loss": ContrastiveConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "loss": ContrastiveConfig,
+    "segmentation": SegmentationLossConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
 
 
 def _annotation(key: str) -> Any:

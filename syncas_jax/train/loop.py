@@ -174,7 +174,10 @@ class StepCache:
     def __call__(self, epoch: int) -> StepFn:
         negatives = self._run.config.negatives_at(epoch)
         if negatives not in self._steps:
-            self._steps[negatives] = jit_train_step(self._run.model, self._run.config.loss, negatives, self.augment)
+            config = self._run.config
+            self._steps[negatives] = jit_train_step(
+                self._run.model, config.loss, negatives, self.augment, config.segmentation
+            )
         return self._steps[negatives]
 
 

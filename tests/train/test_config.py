@@ -105,3 +105,11 @@ def test_reference_config_reproduces_the_reference_codes_behaviour():
     assert ours.loss.loss_kwargs((5, 1))["alpha"] == 0.9 and ours.data.foreground_probability == 0.33
     with pytest.raises(InputError, match="'grad_clip_scope' must be one of"):
         config_from_dict({"grad_clip_scope": "heads"})
+
+
+def test_segmentation_loss_key():
+    config, _ = config_from_dict({"ce_foreground_weight": 5})
+    assert config.segmentation.ce_foreground_weight == 5.0
+    assert config_from_dict({})[0].segmentation.ce_foreground_weight == 1.0  # the reference's plain mean
+    with pytest.raises(InputError, match="ce_foreground_weight must be > 0"):
+        config_from_dict({"ce_foreground_weight": 0})
