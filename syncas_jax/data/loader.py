@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +41,12 @@ import numpy as np
 
 from syncas_jax.common.errors import InputError
 from syncas_jax.data.layout import IMAGE_PAD, LABEL_PAD, PATCH_SIZE, cache_paths
+
+# np.load parses the .npy header with ast.literal_eval, which CPython 3.11 (seen on 3.11.7) can fail
+# when two threads parse at once ("SystemError: AST constructor recursion depth mismatch", cf.
+# python/cpython#106905); grain's read threads open arrays concurrently. Opening a memory map is
+# fast, so one lock costs nothing.
+_NPY_HEADER_LOCK = threading.Lock()
 
 
 class CacheSource:
@@ -65,7 +72,8 @@ class CacheSource:
     def _open(self, case_id: str, kind: str) -> np.ndarray:
         path = cache_paths(self.cache_dir, case_id)[kind]
         try:
-            return np.load(path, mmap_mode="r")
+            with _NPY_HEADER_LOCK:
+                return np.load(path, mmap_mode="r")
         except (OSError, ValueError) as error:
             raise InputError(path, f"cannot memory-map cached array ({error})") from None
 
