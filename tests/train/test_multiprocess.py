@@ -29,14 +29,18 @@ from tests.conftest import CACHE_DIR
 from tests.paths import ROOT
 from tests.train.cases import TINY, write_evaluation_folder, write_tiny_cache
 
-# The CLI, with a deterministic interruption: every process stops after global step argv[1] (0: never).
+# The CLI, with a deterministic interruption: the last process alone asks to stop after global step
+# argv[1] (0: never), as Ctrl-C in one terminal would; every process must stop there.
 DRIVER = textwrap.dedent(
     """
     import functools, sys
+    import jax
     from syncas_jax.train import loop
     stop = int(sys.argv[1])
+    def should_stop(step):
+        return step == stop and jax.process_index() == jax.process_count() - 1
     if stop:
-        loop.train_and_evaluate = functools.partial(loop.train_and_evaluate, should_stop=lambda step: step == stop)
+        loop.train_and_evaluate = functools.partial(loop.train_and_evaluate, should_stop=should_stop)
     from syncas_jax.train.__main__ import main
     sys.exit(main(sys.argv[2:]))
     """
@@ -152,7 +156,7 @@ def test_two_processes_train_like_one_with_two_devices_and_resume_on_two_or_one(
     one = folder / "one"
     assert_ok(launch(processes(write_config(folder, "one"), 1), devices=2))
 
-    two = folder / "two"  # stopped after step 3 of 4 on both processes (a kill that leaves `latest`)
+    two = folder / "two"  # stopped after step 3 of 4 (asked by process 1 only), `latest` saved there
     assert_ok(launch(processes(write_config(folder, "two"), 2), stop=3), code=130)
     assert ckpt.load_meta(two / "checkpoints" / "latest")["step"] == 3
     shutil.copytree(two, folder / "two_then_one")
