@@ -42,11 +42,7 @@ import numpy as np
 from syncas_jax.common.errors import InputError
 from syncas_jax.data.layout import IMAGE_PAD, LABEL_PAD, PATCH_SIZE, cache_paths
 
-# np.load parses the .npy header with ast.literal_eval, which CPython 3.11 (seen on 3.11.7) can fail
-# when two threads parse at once ("SystemError: AST constructor recursion depth mismatch", cf.
-# python/cpython#106905); grain's read threads open arrays concurrently. Opening a memory map is
-# fast, so one lock costs nothing.
-_NPY_HEADER_LOCK = threading.Lock()
+_OPEN_LOCK = threading.Lock()
 
 
 class CacheSource:
@@ -72,7 +68,10 @@ class CacheSource:
     def _open(self, case_id: str, kind: str) -> np.ndarray:
         path = cache_paths(self.cache_dir, case_id)[kind]
         try:
-            with _NPY_HEADER_LOCK:
+            # np.load parses the .npy header with ast.literal_eval, which CPython 3.11 (≤ 3.11.7 at least)
+            # can crash on when threads call it at once ("AST constructor recursion depth mismatch");
+            # grain's read threads would. Opening is cheap; the voxels are read later, outside the lock.
+            with _OPEN_LOCK:
                 return np.load(path, mmap_mode="r")
         except (OSError, ValueError) as error:
             raise InputError(path, f"cannot memory-map cached array ({error})") from None

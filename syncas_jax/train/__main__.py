@@ -1,4 +1,4 @@
-"""`python -m syncas_jax.train --config FILE [--resume]`: train the SynCAS U-Net (SPEC §5).
+"""`python -m syncas_jax.train --config FILE [--resume]`: train the SynCAS U-Net (design §5).
 
 Several processes (GPU nodes, a TPU pod slice, or several processes on one machine): start
 the same command once per process, each with its own id, e.g. on two nodes
@@ -20,6 +20,7 @@ import os
 import sys
 
 from syncas_jax.common.console import guarded
+from syncas_jax.common.console import progress as console_progress
 from syncas_jax.common.errors import InputError
 from syncas_jax.train.config import load_config
 from syncas_jax.train.distributed import DEFAULT_TIMEOUT_S, check_same_config, join, process_group
@@ -100,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             f"output: {config.train.output_dir}"
         )
     record = train_and_evaluate(
-        config, resume=args.resume, progress=primary and not args.no_progress, log=print if primary else lambda _: None
+        config,
+        resume=args.resume,
+        log=print if primary else lambda _: None,
+        progress=console_progress if primary and not args.no_progress else None,
     )
     if primary:
         print(f"done: {json.dumps(record)}")

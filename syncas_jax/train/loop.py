@@ -1,4 +1,4 @@
-"""The training loop: a short driver over named pieces (SPEC §5).
+"""The training loop: a short driver over named pieces (design §5).
 
     select cases → restore or init → make loaders → per epoch: run the steps → validate →
     (every test_every epochs) score the evaluation folder → record → save `latest` (and `best`)
@@ -23,7 +23,7 @@ import functools
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from syncas_jax.common.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
 from syncas_jax.common.errors import InputError
@@ -54,6 +53,8 @@ from syncas_jax.train.state import (
 from syncas_jax.train.step import StepFn, jit_train_step, jit_validation_counts, make_augment, pseudo_dice, step_key
 
 StopFn = Callable[[int], bool]  # called with the global step after each step; True stops the run
+LogFn = Callable[[str], None]
+ProgressFn = Callable[[Iterable[Any], str, int], Iterable[Any]]  # (items, description, total) → items
 
 
 @dataclass
@@ -134,7 +135,7 @@ def initial_state(config: Config) -> TrainState:
     return state_from_tree(template, tree_from_primary(state_tree(template)))
 
 
-def restore_or_init(config: Config, mesh: Mesh, resume: bool, log: Callable[[str], None]) -> Run:
+def restore_or_init(config: Config, mesh: Mesh, resume: bool, log: LogFn) -> Run:
     """A fresh run, or the one saved in checkpoints/latest when `resume` and it exists.
 
     A resumed state is restored into the shapes of a fresh one (`jax.eval_shape`: nothing to compile).
@@ -175,7 +176,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], step:
         data.patch_size,
         data.batch_size,
         seed=config.train.seed,
-        oversample_foreground=data.oversample_foreground_percent,
+        oversample_foreground=data.foreground_probability,
         workers=data.workers,
         start_batch=step,
         **shard,
@@ -187,7 +188,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], step:
         data.batch_size,
         num_batches=max(config.train.num_val_iterations_per_epoch, 1),
         seed=config.train.seed + 1,
-        oversample_foreground=data.oversample_foreground_percent,
+        oversample_foreground=data.foreground_probability,
         **shard,
     )
     return Loaders(iter(train), val)
@@ -227,21 +228,19 @@ def save(run: Run, partial: EpochSums | None = None, *, best: bool = False) -> N
         save_checkpoint(run.checkpoints / "best", state_tree(run.state), meta)
 
 
-def run_epoch(run: Run, loaders: Loaders, steps: StepCache, should_stop: StopFn, progress: bool) -> EpochSums:
+def run_epoch(run: Run, loaders: Loaders, steps: StepCache, should_stop: StopFn, progress: ProgressFn) -> EpochSums:
     """The remaining steps of the current epoch. When `should_stop` says so, saves `latest` and raises."""
     iterations = run.config.train.num_iterations_per_epoch
     epoch, start = divmod(run.step, iterations)
     sums, run.epoch_sums = run.epoch_sums, EpochSums()
     started = time.perf_counter() - sums.seconds
     step_fn = steps(epoch)
-    bar = tqdm(range(start, iterations), desc=f"epoch {epoch + 1}/{run.config.train.num_epochs}",
-               disable=not progress, leave=False)  # fmt: skip
-    for _ in bar:
+    description = f"epoch {epoch + 1}/{run.config.train.num_epochs}"
+    for _ in progress(range(start, iterations), description, iterations - start):
         batch = shard_batch(next(loaders.train), run.mesh)
         run.state, metrics = step_fn(run.state, batch, step_key(run.config.train.seed, run.step))
         run.step += 1
         sums.add({k: float(v) for k, v in jax.device_get(metrics).items()})
-        bar.set_postfix(loss=f"{sums.sums['loss'] / sums.count:.4f}")
         if any_process(should_stop(run.step)):
             sums.seconds = time.perf_counter() - started
             save(run, sums)
@@ -258,7 +257,7 @@ def validate(run: Run, loaders: Loaders, validate_fn: Callable) -> float:
     return pseudo_dice(counts)
 
 
-def end_epoch(run: Run, sums: EpochSums, pseudo: float, log: Callable[[str], None]) -> None:
+def end_epoch(run: Run, sums: EpochSums, pseudo: float, log: LogFn) -> None:
     """Record the finished epoch, score the evaluation folder when due, save and log."""
     config = run.config
     epoch = run.step // config.train.num_iterations_per_epoch  # 1-based: the epoch just finished
@@ -319,15 +318,19 @@ def train_and_evaluate(
     config: Config,
     *,
     resume: bool = False,
-    log: Callable[[str], None] = print,
-    progress: bool = True,
+    log: LogFn | None = None,
+    progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> dict[str, Any]:
     """Train per `config`, validating each epoch; checkpoints `latest` and `best` under output_dir.
 
-    should_stop(step) is asked after every step (default: was Ctrl-C pressed?); when True the run
-    saves `latest` and raises KeyboardInterrupt. Returns the last epoch's record.
+    log(line): one line per epoch and event (default: silent); progress(items, description, total)
+    wraps each epoch's steps (e.g. a progress bar); should_stop(step) is asked after every step
+    (default: was Ctrl-C pressed?) — when True the run saves `latest` and raises KeyboardInterrupt.
+    Returns the last epoch's record.
     """
+    log = log or (lambda line: None)
+    progress = progress or (lambda items, description, total: items)
     train_ids, val_ids = select_cases(config)
     mesh = make_mesh()
     check_devices(config, mesh)

@@ -67,9 +67,11 @@ def loss_and_updates(
     def head(tap: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
         return lambda f: model.apply({"params": params}, f, tap, method=SynCASNet.project)
 
-    contrastive = multi_tap_contrastive_loss(
-        key, taps1, taps2, label, projections=[head(k) for k in range(4)], **loss.loss_kwargs(negatives)
-    )
+    contrastive = jnp.float32(0.0)
+    if loss.weight:  # static: a Dice + CE-only run (weight 0) does not sample or project anything
+        contrastive = multi_tap_contrastive_loss(
+            key, taps1, taps2, label, projections=[head(k) for k in range(4)], **loss.loss_kwargs(negatives)
+        )
     total = segmentation + loss.weight * contrastive
     return total, ({"loss": total, "dice_ce": segmentation, "contrastive": contrastive}, batch_stats)
 
