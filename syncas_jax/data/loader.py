@@ -15,12 +15,16 @@ centred with padding; otherwise the patch lies inside the volume. With probabili
 of the batch) the patch is centred on a random foreground voxel (it may then reach out
 of the volume at the upper end); a case without foreground falls back to a random patch.
 
-Training order: cases are shuffled per epoch (`EpochShuffle`) and repeated forever;
-every item's random draws come from grain's per-index generator, so a seed fixes the
-stream and the iterator state (``it.get_state()``, a JSON-able dict;
-``it.set_state(state)``) resumes it exactly. The stream depends on the seed and the
-number of workers. With worker processes, batches arrive in shared memory; call
-``it.close()`` when done to stop the workers.
+Training order: cases are shuffled per epoch (`EpochShuffle`) and repeated forever.
+The stream is a function of the *global item index* g alone: global batch b holds items
+b·B … b·B + B − 1 (B the global batch), item g's case and random draws (grain's per-index
+generator) depend only on (seed, g), and a shard (process) p of P takes its contiguous
+slice b·B + p·B/P … of every global batch (`ShardBatches`). So P processes together see
+exactly the batches one process sees, whatever P and the number of workers, and a run
+resumes anywhere by starting at a global batch (`start_batch` = the global step). The
+iterator state (``it.get_state()``, a JSON-able dict; ``it.set_state(state)``) resumes it
+too. With worker processes, batches arrive in shared memory; call ``it.close()`` when done
+to stop the workers.
 """
 
 from __future__ import annotations
@@ -211,7 +215,9 @@ class PatchBatcher:
             return SharedMemoryArray(shape, dtype)
         return np.empty(shape, dtype)
 
-    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
+    def __call__(self, groups: Sequence[Sequence[dict[str, Any]]]) -> dict[str, np.ndarray]:
+        """One batch from planned items, given as groups (`ShardBatches` elements) laid end to end."""
+        items = [item for group in groups for item in group]
         views = self._empty((len(items), items[0]["views"].shape[0], *self.patch_size), np.float32)
         label = self._empty((len(items), *self.patch_size), np.int16)
         for i, item in enumerate(items):
@@ -227,6 +233,38 @@ def _absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
+class ShardBatches(grain.MapDataset):
+    """Element j = this shard's planned items of global batch `start_batch` + j (a list of B / shards).
+
+    Global batch b holds parent items b·B … b·B + B − 1; shard p takes the contiguous slice
+    b·B + p·L … b·B + p·L + L − 1, L = B / shards. Items are whole-batch groups so that grain's
+    worker processes (which split elements among themselves) never change a batch's content.
+    """
+
+    def __init__(self, parent: grain.MapDataset, batch_size: int, shard_index: int, shard_count: int,
+                 start_batch: int = 0):  # fmt: skip
+        super().__init__(parent)
+        if batch_size < 1 or batch_size % shard_count:
+            raise ValueError(f"batch_size {batch_size} must be a positive multiple of shard_count {shard_count}")
+        if not 0 <= shard_index < shard_count:
+            raise ValueError(f"shard_index must lie in [0, {shard_count}), got {shard_index}")
+        self._batch, self._local = batch_size, batch_size // shard_count
+        self._first = shard_index * self._local
+        self._start = int(start_batch)
+
+    def __len__(self) -> int:
+        return max(len(self._parent) // self._batch - self._start, 0)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        first = (self._start + int(index)) * self._batch + self._first
+        return [self._parent[first + k] for k in range(self._local)]
+
+    def __str__(self) -> str:
+        return f"ShardBatches(batch={self._batch}, local={self._local}, first={self._first}, start={self._start})"
+
+
 def _pipeline(
     ds: grain.MapDataset,
     patch_size: Sequence[int],
@@ -234,10 +272,15 @@ def _pipeline(
     oversample_foreground: float,
     workers: int,
     threads: int,
+    shard_index: int,
+    shard_count: int,
+    start_batch: int = 0,
 ) -> grain.IterDataset:
+    """Plan every item of `ds` by its own index, then this shard's batches (global `batch_size`)."""
     ds = ds.random_map(PatchPlanner(patch_size, oversample_foreground))
-    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * batch_size)
-    it = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True, batch_fn=PatchBatcher(patch_size))
+    ds = ShardBatches(ds, batch_size, shard_index, shard_count, start_batch)
+    read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4)
+    it = ds.to_iter_dataset(read).batch(1, batch_fn=PatchBatcher(patch_size))  # one group → one batch
     if workers > 0:
         _absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
@@ -256,20 +299,22 @@ def make_train_loader(
     threads: int = 2,
     shard_index: int = 0,
     shard_count: int = 1,
+    start_batch: int = 0,
 ) -> grain.IterDataset:
-    """Endless training batches {"views": float32 (B, V, *patch), "label": int16 (B, *patch)}.
+    """Endless training batches {"views": float32 (L, V, *patch), "label": int16 (L, *patch)}.
 
-    `iter(loader)` gives a grain DatasetIterator: ``get_state()`` returns a JSON-able
-    dict for the checkpoint, ``set_state(state)`` resumes exactly (same seed, workers).
-    workers: worker processes (0 = in this process); threads: read threads per worker.
-    shard_index/shard_count: this host's share of the item stream (multi-host training).
+    batch_size: the global batch B, L = B / shard_count; shard_index/shard_count: this process's slice of every global
+    batch (multi-host training). start_batch: the first global batch to yield (resume at a global
+    step). `iter(loader)` gives a grain DatasetIterator: ``get_state()`` returns a JSON-able dict,
+    ``set_state(state)`` resumes exactly. workers: worker processes (0 = in this process);
+    threads: read threads per worker. The batches do not depend on workers or threads.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     ds = EpochShuffle(grain.MapDataset.source(CacheSource(cache_dir, case_ids)), seed).seed(seed)
-    if shard_count > 1:
-        ds = ds[shard_index::shard_count]
-    return _pipeline(ds, patch_size, batch_size, oversample_foreground, workers, threads)
+    return _pipeline(
+        ds, patch_size, batch_size, oversample_foreground, workers, threads, shard_index, shard_count, start_batch
+    )
 
 
 def make_val_loader(
@@ -283,15 +328,18 @@ def make_val_loader(
     workers: int = 0,
     *,
     threads: int = 2,
+    shard_index: int = 0,
+    shard_count: int = 1,
 ) -> grain.IterDataset:
-    """Finite, identical on every pass: `num_batches` batches of patches cycling through the cases in order.
+    """Finite, identical on every pass: `num_batches` global batches of patches cycling through the cases in order.
 
-    num_batches: default ceil(len(case_ids) / batch_size), every case at least once.
+    num_batches: default ceil(len(case_ids) / batch_size), every case at least once. A shard yields
+    its slice of each global batch, as `make_train_loader`.
     """
     if num_batches is None:
         num_batches = math.ceil(len(case_ids) / batch_size)
     ds = grain.MapDataset.source(CacheSource(cache_dir, case_ids)).repeat()[: num_batches * batch_size].seed(seed)
-    return _pipeline(ds, patch_size, batch_size, oversample_foreground, workers, threads)
+    return _pipeline(ds, patch_size, batch_size, oversample_foreground, workers, threads, shard_index, shard_count)
 
 
 def split_cases(case_ids: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:

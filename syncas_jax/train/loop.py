@@ -4,15 +4,22 @@
     (every test_every epochs) score the evaluation folder → record → save `latest` (and `best`)
 
 Checkpoints hold the train state plus metadata: global step, history (`RunHistory`), the
-loader's iterator state, the sums of an interrupted epoch, the model architecture and the
-flat config. Interruption is a callable checked after every step (`should_stop`; by default
-Ctrl-C, deferred so a step is never cut in half): the run saves `latest` at that step and
-raises KeyboardInterrupt; `resume=True` continues bit for bit.
+sums of an interrupted epoch, the model architecture and the flat config. The training
+stream is a function of the global step (the loader starts at global batch = step), so
+`resume=True` continues bit for bit, and on any number of processes. Interruption is a
+callable checked after every step (`should_stop`; by default Ctrl-C, deferred so a step is
+never cut in half): the run saves `latest` at that step and raises KeyboardInterrupt.
+
+Several processes (`jax.distributed`): every process runs this same loop; each loads its
+slice of every global batch, takes part in every collective (steps, validation, checkpoint
+saves), stops when any process asks to, and only the primary writes files and scores the
+evaluation folder while the others wait for its Dice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import signal
 import threading
 import time
@@ -27,6 +34,7 @@ from jax.sharding import Mesh
 
 from syncas_jax.common.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
 from syncas_jax.common.errors import InputError
+from syncas_jax.common.multihost import any_process, differing_processes, from_primary, is_primary, tree_from_primary
 from syncas_jax.data.cache import cached_case_ids
 from syncas_jax.data.loader import make_train_loader, make_val_loader, split_cases
 from syncas_jax.nets.unet import SynCASNet
@@ -56,11 +64,10 @@ class Run:
     config: Config
     mesh: Mesh
     model: SynCASNet
-    state: TrainState
+    state: TrainState | None  # None only while restore_or_init builds the run
     step: int
     history: RunHistory
     epoch_sums: EpochSums
-    loader_state: dict[str, Any] | None
 
     @property
     def out(self) -> Path:
@@ -99,6 +106,11 @@ def select_cases(config: Config) -> tuple[list[str], list[str]]:
 
 
 def check_devices(config: Config, mesh: Mesh) -> None:
+    if config.data.batch_size % jax.process_count():
+        raise InputError(
+            None,
+            f"batch_size {config.data.batch_size} is not divisible by the number of processes ({jax.process_count()})",
+        )
     if config.data.batch_size % mesh.size:
         raise InputError(
             None, f"batch_size {config.data.batch_size} is not divisible by the number of devices ({mesh.size})"
@@ -108,59 +120,78 @@ def check_devices(config: Config, mesh: Mesh) -> None:
         raise InputError(folder, "evaluation_folder not found")
 
 
+def fresh_state(config: Config) -> Callable[[], TrainState]:
+    """The run's initialisation, to call (or to `jax.eval_shape` for its shapes)."""
+    return functools.partial(create_train_state, config, jax.random.key(config.train.seed))
+
+
+def initial_state(config: Config) -> TrainState:
+    """Fresh parameters and optimiser state. Several processes: the primary initialises, the others
+    receive its state (as PyTorch DDP broadcasts rank 0's) instead of compiling the initialisation."""
+    fresh = fresh_state(config)
+    if jax.process_count() == 1:
+        return fresh()
+    template = fresh() if is_primary() else jax.eval_shape(fresh)
+    return state_from_tree(template, tree_from_primary(state_tree(template)))
+
+
 def restore_or_init(config: Config, mesh: Mesh, resume: bool, log: LogFn) -> Run:
-    """A fresh run, or the one saved in checkpoints/latest when `resume` and it exists."""
-    state = create_train_state(config, jax.random.key(config.train.seed))
-    run = Run(config, mesh, make_model(config), state, 0, RunHistory(), EpochSums(), None)
+    """A fresh run, or the one saved in checkpoints/latest when `resume` and it exists.
+
+    A resumed state is restored into the shapes of a fresh one (`jax.eval_shape`: nothing to compile).
+    """
+    run = Run(config, mesh, make_model(config), None, 0, RunHistory(), EpochSums())
     latest = run.checkpoints / "latest"
     if resume and is_checkpoint(latest):
-        tree, meta = load_checkpoint(latest, target=state_tree(state))
-        run.state = state_from_tree(state, tree)
+        template = jax.eval_shape(fresh_state(config))
+        tree, meta = load_checkpoint(latest, target=state_tree(template))
+        run.state = state_from_tree(template, tree)
         run.step = int(meta["step"])
         run.history = RunHistory.from_json(meta)
         run.epoch_sums = EpochSums.from_json(meta.get("partial"))
-        run.loader_state = meta.get("loader")
         log(f"resumed from {latest} at step {run.step}")
-    elif resume:
-        log(f"no checkpoint at {latest}; starting from scratch")
+    else:
+        if resume:
+            log(f"no checkpoint at {latest}; starting from scratch")
+        run.state = initial_state(config)
+    if differing_processes(np.asarray([run.step], np.int32)):
+        raise InputError(latest, "processes resumed at different steps: output_dir must be on a file system all share")
     run.state = replicate(run.state, mesh)
     return run
 
 
 @dataclass
 class Loaders:
-    train: Any  # grain DatasetIterator (get_state / set_state)
+    train: Any  # grain DatasetIterator of this process's training batches
     val: Any  # grain IterDataset, identical on every pass
 
 
-def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], loader_state: Any) -> Loaders:
-    """This process's share of the training stream (resumed from `loader_state`) and the validation batches."""
+def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], step: int) -> Loaders:
+    """This process's share of the training stream from global batch `step` on, and of the validation batches."""
     data = config.data
-    local_batch = data.batch_size // jax.process_count()
+    shard = {"shard_index": jax.process_index(), "shard_count": jax.process_count()}
     train = make_train_loader(
         data.data_dir,
         train_ids,
         data.patch_size,
-        local_batch,
+        data.batch_size,
         seed=config.train.seed,
         oversample_foreground=data.foreground_probability,
         workers=data.workers,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
+        start_batch=step,
+        **shard,
     )
-    train_iter = iter(train)
-    if loader_state is not None:
-        train_iter.set_state(loader_state)
     val = make_val_loader(
         data.data_dir,
         val_ids,
         data.patch_size,
-        local_batch,
+        data.batch_size,
         num_batches=max(config.train.num_val_iterations_per_epoch, 1),
         seed=config.train.seed + 1,
         oversample_foreground=data.foreground_probability,
+        **shard,
     )
-    return Loaders(train_iter, val)
+    return Loaders(iter(train), val)
 
 
 class StepCache:
@@ -181,11 +212,10 @@ class StepCache:
         return self._steps[negatives]
 
 
-def checkpoint_meta(run: Run, loaders: Loaders, partial: EpochSums | None) -> dict[str, Any]:
+def checkpoint_meta(run: Run, partial: EpochSums | None) -> dict[str, Any]:
     return {
         "step": run.step,
         **run.history.to_json(),
-        "loader": loaders.train.get_state(),
         "partial": None if partial is None else partial.to_json(),
         "rng": np.asarray(jax.random.key_data(jax.random.key(run.config.train.seed))).tolist(),
         "model": run.config.model.architecture(),
@@ -193,11 +223,9 @@ def checkpoint_meta(run: Run, loaders: Loaders, partial: EpochSums | None) -> di
     }
 
 
-def save(run: Run, loaders: Loaders, partial: EpochSums | None = None, *, best: bool = False) -> None:
-    """Save `latest` (and `best`) from the primary process."""
-    if jax.process_index() != 0:
-        return
-    meta = checkpoint_meta(run, loaders, partial)
+def save(run: Run, partial: EpochSums | None = None, *, best: bool = False) -> None:
+    """Save `latest` (and `best`): every process takes part, the primary writes."""
+    meta = checkpoint_meta(run, partial)
     save_checkpoint(run.checkpoints / "latest", state_tree(run.state), meta)
     if best:
         save_checkpoint(run.checkpoints / "best", state_tree(run.state), meta)
@@ -216,9 +244,9 @@ def run_epoch(run: Run, loaders: Loaders, steps: StepCache, should_stop: StopFn,
         run.state, metrics = step_fn(run.state, batch, step_key(run.config.train.seed, run.step))
         run.step += 1
         sums.add({k: float(v) for k, v in jax.device_get(metrics).items()})
-        if should_stop(run.step):
+        if any_process(should_stop(run.step)):
             sums.seconds = time.perf_counter() - started
-            save(run, loaders, sums)
+            save(run, sums)
             raise KeyboardInterrupt(f"stopped at step {run.step}")
     sums.seconds = time.perf_counter() - started
     return sums
@@ -232,7 +260,7 @@ def validate(run: Run, loaders: Loaders, validate_fn: Callable) -> float:
     return pseudo_dice(counts)
 
 
-def end_epoch(run: Run, loaders: Loaders, sums: EpochSums, pseudo: float, log: LogFn) -> None:
+def end_epoch(run: Run, sums: EpochSums, pseudo: float, log: LogFn) -> None:
     """Record the finished epoch, score the evaluation folder when due, save and log."""
     config = run.config
     epoch = run.step // config.train.num_iterations_per_epoch  # 1-based: the epoch just finished
@@ -244,13 +272,12 @@ def end_epoch(run: Run, loaders: Loaders, sums: EpochSums, pseudo: float, log: L
         "negatives": list(config.negatives_at(epoch - 1)),
         "seconds": sums.seconds,
     }
-    if config.train.evaluation_folder and epoch % config.train.test_every == 0 and jax.process_index() == 0:
-        report = evaluate_folder(run.state, config, run.out / "evaluation" / f"epoch_{epoch:04d}.json")
-        record["eval_dice"] = report["summary"].get("dice", {}).get("mean")
+    if config.train.evaluation_folder and epoch % config.train.test_every == 0:
+        record["eval_dice"] = evaluation_dice(run, epoch)
         log(f"epoch {epoch}: evaluation folder Dice {record['eval_dice']}")
     improved = run.history.add(record, pseudo, config.train.pseudo_dice_ema)
-    save(run, loaders, best=improved)
-    if jax.process_index() == 0:
+    save(run, best=improved)
+    if is_primary():
         run.history.write(run.out)
     record = run.history.last
     log(
@@ -258,6 +285,15 @@ def end_epoch(run: Run, loaders: Loaders, sums: EpochSums, pseudo: float, log: L
         f"{record['contrastive']:.4f}), pseudo-Dice {pseudo:.4f}, EMA {run.history.ema:.4f}"
         f"{' (best)' if improved else ''}"
     )
+
+
+def evaluation_dice(run: Run, epoch: int) -> float | None:
+    """Mean Dice over the evaluation folder, scored by the primary (report in evaluation/); the others wait for it."""
+    dice = None
+    if is_primary():
+        report = evaluate_folder(run.state, run.config, run.out / "evaluation" / f"epoch_{epoch:04d}.json")
+        dice = report["summary"].get("dice", {}).get("mean")
+    return from_primary(dice)
 
 
 @contextlib.contextmanager
@@ -302,7 +338,7 @@ def train_and_evaluate(
     mesh = make_mesh()
     check_devices(config, mesh)
     run = restore_or_init(config, mesh, resume, log)
-    loaders = make_loaders(config, train_ids, val_ids, run.loader_state)
+    loaders = make_loaders(config, train_ids, val_ids, run.step)
     steps = StepCache(run)
     validate_fn = jit_validation_counts(run.model)
     with contextlib.ExitStack() as stack:
@@ -313,5 +349,5 @@ def train_and_evaluate(
             except KeyboardInterrupt:
                 log(f"interrupted: saved {run.checkpoints / 'latest'} at step {run.step}; continue with --resume")
                 raise
-            end_epoch(run, loaders, sums, validate(run, loaders, validate_fn), log)
+            end_epoch(run, sums, validate(run, loaders, validate_fn), log)
     return run.history.last

@@ -11,9 +11,13 @@ from jax.sharding import PartitionSpec as P
 
 
 def make_mesh(devices: list[Any] | None = None) -> Mesh:
-    """A 1D mesh over all (or the given) devices with axis 'data'."""
+    """A 1D mesh over all (or the given) devices with axis 'data', grouped by process.
+
+    Process p's devices form one contiguous block, in process order, so the global batch is
+    the processes' local batches laid end to end (what the loader's shards assume).
+    """
     devices = jax.devices() if devices is None else devices
-    return Mesh(np.asarray(devices), ("data",))
+    return Mesh(np.asarray(sorted(devices, key=lambda d: d.process_index)), ("data",))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:

@@ -128,6 +128,39 @@ def test_worker_processes_resume_from_json_state(cache):
             np.testing.assert_array_equal(np.asarray(batch["label"]), np.asarray(expected["label"]))
     finally:
         resumed.close()
+    in_process = _take(iter(make_train_loader(cache, ids, PATCH, 4, seed=3, workers=0)), 5)[3:]
+    for expected, batch in zip(following, in_process):  # workers never change a batch
+        np.testing.assert_array_equal(np.asarray(batch["views"]), np.asarray(expected["views"]))
+
+
+def _assert_same_batches(left, right):
+    assert len(left) == len(right)
+    for a, b in zip(left, right):
+        np.testing.assert_array_equal(a["views"], b["views"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def _joined(*shards):
+    return [{k: np.concatenate([batch[k] for batch in parts]) for k in ("views", "label")} for parts in zip(*shards)]
+
+
+def test_shards_together_are_the_single_stream_and_start_anywhere(cache):
+    ids = ["c0", "c1", "c2", "nofg"]
+    options = {"seed": 4, "oversample_foreground": 0.5, "workers": 0}
+    whole = _take(iter(make_train_loader(cache, ids, PATCH, 4, **options)), 6)
+    for count in (2, 4):  # 2 or 4 processes: each takes its contiguous slice of every global batch
+        shards = [iter(make_train_loader(cache, ids, PATCH, 4, shard_index=p, shard_count=count, **options))
+                  for p in range(count)]  # fmt: skip
+        parts = [_take(shard, 6) for shard in shards]
+        assert parts[0][0]["views"].shape == (4 // count, 2, *PATCH)
+        _assert_same_batches(_joined(*parts), whole)
+    later = [iter(make_train_loader(cache, ids, PATCH, 4, shard_index=p, shard_count=2, start_batch=4, **options))
+             for p in range(2)]  # fmt: skip
+    _assert_same_batches(_joined(*[_take(shard, 2) for shard in later]), whole[4:])
+
+    val = list(make_val_loader(cache, ids, PATCH, batch_size=4, num_batches=3, seed=1))
+    halves = [list(make_val_loader(cache, ids, PATCH, 4, 3, seed=1, shard_index=p, shard_count=2)) for p in range(2)]
+    _assert_same_batches(_joined(*halves), val)
 
 
 def test_validation_loader_is_finite_and_repeatable(cache):

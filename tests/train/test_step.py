@@ -142,7 +142,7 @@ def test_force_foreground_puts_every_training_patch_on_a_coronary(tmp_path):
 
     def fraction_on_foreground(force: bool) -> float:
         config = tiny(tmp_path, force_foreground=force, oversample_foreground_percent=0.0)
-        loaders = make_loaders(config, ids, ids, None)
+        loaders = make_loaders(config, ids, ids, 0)
         hits = [(next(loaders.train)["label"] > 0).any(axis=(1, 2, 3)) for _ in range(8)]
         return float(np.mean(hits))
 
