@@ -36,9 +36,16 @@ def disk_offsets(radius: int) -> tuple[tuple[int, int], ...]:
     )
 
 
-def draw_hu_values(key: jax.Array, table: tuple[tuple[int, str, float], ...] = REFERENCE) -> jnp.ndarray:
-    """The HU given to each table entry for this draw, shape (n,): base HU + offset with p 0.5."""
+def draw_hu_values(
+    key: jax.Array, table: tuple[tuple[int, str, float], ...] = REFERENCE, offsets: bool = True
+) -> jnp.ndarray:
+    """The HU given to each table entry for this draw, shape (n,): base HU + offset with p 0.5.
+
+    offsets=False: the table's HU as is (a realistic render; the key is not used).
+    """
     base = jnp.asarray([hu for _, _, hu in table], jnp.float32)
+    if not offsets:
+        return base
     apply_key, offset_key = jax.random.split(key)
     apply = jax.random.bernoulli(apply_key, OFFSET_PROBABILITY, base.shape)
     offset = jax.random.uniform(offset_key, base.shape, minval=-MAX_OFFSET, maxval=MAX_OFFSET)
@@ -55,16 +62,18 @@ def dilate_in_plane(values: jnp.ndarray, radius: int = DILATION_RADIUS) -> jnp.n
     return out
 
 
-@partial(jax.jit, static_argnames=("table",))
+@partial(jax.jit, static_argnames=("table", "offsets"))
 def reassign_hu(
     image: jnp.ndarray,
     labels: jnp.ndarray,
     key: jax.Array,
     table: tuple[tuple[int, str, float], ...] = REFERENCE,
+    offsets: bool = True,
 ) -> jnp.ndarray:
     """Non-contrast HU for labelled structures of a (Z, Y, X) CTA image (HU) → float32 (Z, Y, X) HU.
 
-    labels: (Z, Y, X) integer label map; table: (id, name, HU) entries in order of application.
+    labels: (Z, Y, X) integer label map; table: (id, name, HU) entries in order of application;
+    offsets: draw the random HU offsets (training views) or keep the table's HU (realistic render).
     """
     if len(table) > 127:
         raise ValueError("at most 127 structures per table")
@@ -74,7 +83,7 @@ def reassign_hu(
     # Barriers keep XLA from fusing the label comparisons into each shifted read of the dilation.
     position = jax.lax.optimization_barrier(position)
     position = jax.lax.optimization_barrier(dilate_in_plane(position))
-    values = draw_hu_values(key, table)
+    values = draw_hu_values(key, table, offsets)
     out = jnp.asarray(image, jnp.float32)
     for index in range(len(table)):
         out = jnp.where(position == index + 1, values[index], out)
