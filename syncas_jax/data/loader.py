@@ -130,6 +130,19 @@ def patch_origin(
     return rng.integers(low, high + 1)
 
 
+def window_slices(
+    origin: Sequence[int], size: Sequence[int], shape: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...], bool]:
+    """(source slices in the volume, destination slices in the window, whether the window lies wholly
+    inside) for a window of `size` at `origin` (may reach outside) of a volume of `shape`."""
+    src, dst = [], []
+    for lo, n, extent in zip(origin, size, shape):
+        a, b = min(max(lo, 0), extent), max(min(lo + n, extent), 0)
+        src.append(slice(a, max(a, b)))
+        dst.append(slice(a - lo, a - lo + max(b - a, 0)))
+    return tuple(src), tuple(dst), all(d.stop - d.start == n for d, n in zip(dst, size))
+
+
 def fill_patch(
     views: np.ndarray,
     label: np.ndarray,
@@ -139,17 +152,12 @@ def fill_patch(
 ) -> None:
     """Copy the patch at `origin` of views (V, Z, Y, X) and label (Z, Y, X) into out_views (V, *patch)
     and out_label (*patch); voxels outside the volume become 0 and -1."""
-    patch_size = out_label.shape
-    src, dst = [], []
-    for lo, size, extent in zip(origin, patch_size, label.shape):
-        a, b = min(max(lo, 0), extent), max(min(lo + size, extent), 0)
-        src.append(slice(a, max(a, b)))
-        dst.append(slice(a - lo, a - lo + max(b - a, 0)))
-    if any(d.stop - d.start != n for d, n in zip(dst, patch_size)):
+    src, dst, inside = window_slices(origin, out_label.shape, label.shape)
+    if not inside:
         out_views[...] = IMAGE_PAD
         out_label[...] = LABEL_PAD
     out_views[(slice(None), *dst)] = views[(slice(None), *src)]
-    out_label[tuple(dst)] = label[tuple(src)]
+    out_label[dst] = label[src]
 
 
 def extract_patch(
@@ -179,7 +187,7 @@ class PatchPlanner(grain.transforms.RandomMap):
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         force = rng.random() < self.oversample_foreground
         origin = patch_origin(element["label"].shape, self.patch_size, rng, element["fg"] if force else None)
-        return {"views": element["views"], "label": element["label"], "origin": origin}
+        return {**{k: v for k, v in element.items() if k != "fg"}, "origin": origin}
 
 
 class PatchBatcher:
@@ -227,10 +235,12 @@ def _pipeline(
     oversample_foreground: float,
     workers: int,
     threads: int,
+    batch_fn: PatchBatcher | None = None,
 ) -> grain.IterDataset:
     ds = ds.random_map(PatchPlanner(patch_size, oversample_foreground))
     read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4 * batch_size)
-    it = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True, batch_fn=PatchBatcher(patch_size))
+    batch_fn = batch_fn or PatchBatcher(patch_size)
+    it = ds.to_iter_dataset(read).batch(batch_size, drop_remainder=True, batch_fn=batch_fn)
     if workers > 0:
         _absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
@@ -249,6 +259,8 @@ def make_train_loader(
     threads: int = 2,
     shard_index: int = 0,
     shard_count: int = 1,
+    source: Any = None,
+    batch_fn: PatchBatcher | None = None,
 ) -> grain.IterDataset:
     """Endless training batches {"views": float32 (B, V, *patch), "label": int16 (B, *patch)}.
 
@@ -256,13 +268,15 @@ def make_train_loader(
     dict for the checkpoint, ``set_state(state)`` resumes exactly (same seed, workers).
     workers: worker processes (0 = in this process); threads: read threads per worker.
     shard_index/shard_count: this host's share of the item stream (multi-host training).
+    source, batch_fn: another cache's source and batcher (the CTA cache: `syncas_jax.data.cta_loader`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    ds = EpochShuffle(grain.MapDataset.source(CacheSource(cache_dir, case_ids)), seed).seed(seed)
+    source = CacheSource(cache_dir, case_ids) if source is None else source
+    ds = EpochShuffle(grain.MapDataset.source(source), seed).seed(seed)
     if shard_count > 1:
         ds = ds[shard_index::shard_count]
-    return _pipeline(ds, patch_size, batch_size, oversample_foreground, workers, threads)
+    return _pipeline(ds, patch_size, batch_size, oversample_foreground, workers, threads, batch_fn)
 
 
 def make_val_loader(
@@ -276,15 +290,19 @@ def make_val_loader(
     workers: int = 0,
     *,
     threads: int = 2,
+    source: Any = None,
+    batch_fn: PatchBatcher | None = None,
 ) -> grain.IterDataset:
     """Finite, identical on every pass: `num_batches` batches of patches cycling through the cases in order.
 
     num_batches: default ceil(len(case_ids) / batch_size), every case at least once.
+    source, batch_fn: as `make_train_loader`.
     """
     if num_batches is None:
         num_batches = math.ceil(len(case_ids) / batch_size)
-    ds = grain.MapDataset.source(CacheSource(cache_dir, case_ids)).repeat()[: num_batches * batch_size].seed(seed)
-    return _pipeline(ds, patch_size, batch_size, oversample_foreground, workers, threads)
+    source = CacheSource(cache_dir, case_ids) if source is None else source
+    ds = grain.MapDataset.source(source).repeat()[: num_batches * batch_size].seed(seed)
+    return _pipeline(ds, patch_size, batch_size, oversample_foreground, workers, threads, batch_fn)
 
 
 def split_cases(case_ids: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:

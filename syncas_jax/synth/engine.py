@@ -61,14 +61,19 @@ def render_view(
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     centreline: Centreline | None = None,
     chunk: int = 32,
+    offsets: bool = True,
 ) -> View:
-    """Render view number `view` of a case: image (Z, Y, X) HU, labels (Z, Y, X) int, spacing (z, y, x) mm."""
+    """Render view number `view` of a case: image (Z, Y, X) HU, labels (Z, Y, X) int, spacing (z, y, x) mm.
+
+    offsets=False: no random HU offsets (the table's HU as is: a realistic render).
+    """
     table = get_table(table) if isinstance(table, str) else table
     coronary = np.asarray(labels) == CORONARY_ID
     if centreline is None:
         centreline = coronary_centreline(coronary, spacing)
     hu_key, ct_key, plaque_key = split_view_key(view_keys(seed, view))
-    reassigned = np.asarray(reassign_hu(np.asarray(image, np.float32), np.asarray(labels, np.int16), hu_key, table))
+    image, labels = np.asarray(image, np.float32), np.asarray(labels, np.int16)
+    reassigned = np.asarray(reassign_hu(image, labels, hu_key, table, offsets))
     acquired = simulate_volume(reassigned, ct_key, chunk=chunk)
     final, records = insert_plaques(acquired, coronary, centreline, spacing, plaque_key)
     return View(final, records)
@@ -83,10 +88,14 @@ def render_case(
     views: int = 2,
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     chunk: int = 32,
+    offsets: bool = True,
 ) -> list[View]:
-    """Render `views` independent synthetic NCCT views of a CTA case (image HU, labels int, both (Z, Y, X))."""
+    """Render `views` independent synthetic NCCT views of a CTA case (image HU, labels int, both (Z, Y, X)).
+
+    offsets=False: realistic renders (no random HU offsets).
+    """
     centreline = coronary_centreline(np.asarray(labels) == CORONARY_ID, spacing)
     return [
-        render_view(image, labels, seed, k, table, spacing=spacing, centreline=centreline, chunk=chunk)
+        render_view(image, labels, seed, k, table, spacing=spacing, centreline=centreline, chunk=chunk, offsets=offsets)
         for k in range(views)
     ]

@@ -114,7 +114,8 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
                                          "alpha", "branch_aware")},
     "contrastive_weight": ("loss", "weight"),
     **{name: ("data", name) for name in ("data_dir", "patch_size", "spacing", "batch_size",
-                                         "oversample_foreground_percent", "val_fraction", "val_cases", "workers")},
+                                         "oversample_foreground_percent", "val_fraction", "val_cases", "workers",
+                                         "synthesis")},
     "augmentated": ("augment", "enabled"),  # the reference's spelling
     **{f.name: ("train", f.name) for f in dataclasses.fields(TrainConfig)},
 }  # fmt: skip

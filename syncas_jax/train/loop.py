@@ -43,7 +43,16 @@ from syncas_jax.train.state import (
     state_from_tree,
     state_tree,
 )
-from syncas_jax.train.step import StepFn, jit_train_step, jit_validation_counts, make_augment, pseudo_dice, step_key
+from syncas_jax.train.step import (
+    StepFn,
+    jit_train_step,
+    jit_validation_counts,
+    make_augment,
+    pseudo_dice,
+    step_key,
+    validation_key,
+)
+from syncas_jax.train.synthesis import check_cache_kind, loader_parts, online_renderers, wanted_cache
 
 StopFn = Callable[[int], bool]  # called with the global step after each step; True stops the run
 
@@ -81,7 +90,8 @@ class Run:
 def select_cases(config: Config) -> tuple[list[str], list[str]]:
     """(train ids, validation ids) from the cache: explicit val_cases, else a seeded val_fraction split."""
     data = config.data
-    case_ids = cached_case_ids(data.data_dir) if Path(data.data_dir).is_dir() else []
+    check_cache_kind(config)
+    case_ids = cached_case_ids(data.data_dir, wanted_cache(config)) if Path(data.data_dir).is_dir() else []
     if not case_ids:
         raise InputError(data.data_dir, "no preprocessed cases found (run python -m syncas_jax.preprocess first)")
     if data.val_cases:
@@ -136,6 +146,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], loade
     """This process's share of the training stream (resumed from `loader_state`) and the validation batches."""
     data = config.data
     local_batch = data.batch_size // jax.process_count()
+    train_parts, val_parts = loader_parts(config, train_ids, val_ids)
     train = make_train_loader(
         data.data_dir,
         train_ids,
@@ -146,6 +157,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], loade
         workers=data.workers,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
+        **train_parts,
     )
     train_iter = iter(train)
     if loader_state is not None:
@@ -158,6 +170,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], loade
         num_batches=max(config.train.num_val_iterations_per_epoch, 1),
         seed=config.train.seed + 1,
         oversample_foreground=data.oversample_foreground_percent,
+        **val_parts,
     )
     return Loaders(train_iter, val)
 
@@ -168,12 +181,14 @@ class StepCache:
     def __init__(self, run: Run):
         self._run = run
         self.augment = make_augment(run.config.augment)
+        self.render, _ = online_renderers(run.config)
         self._steps: dict[tuple[int, int], StepFn] = {}
 
     def __call__(self, epoch: int) -> StepFn:
         negatives = self._run.config.negatives_at(epoch)
         if negatives not in self._steps:
-            self._steps[negatives] = jit_train_step(self._run.model, self._run.config.loss, negatives, self.augment)
+            model, loss = self._run.model, self._run.config.loss
+            self._steps[negatives] = jit_train_step(model, loss, negatives, self.augment, self.render)
         return self._steps[negatives]
 
 
@@ -225,8 +240,9 @@ def run_epoch(run: Run, loaders: Loaders, steps: StepCache, should_stop: StopFn,
 def validate(run: Run, loaders: Loaders, validate_fn: Callable) -> float:
     """Pseudo-Dice of the validation batches (counts summed over every batch, then one Dice)."""
     counts = np.zeros(3)
-    for batch in loaders.val:
-        counts += np.asarray(jax.device_get(validate_fn(run.state, shard_batch(batch, run.mesh))))
+    for index, batch in enumerate(loaders.val):
+        key = validation_key(run.config.train.seed, index)
+        counts += np.asarray(jax.device_get(validate_fn(run.state, shard_batch(batch, run.mesh), key)))
     return pseudo_dice(counts)
 
 
@@ -298,7 +314,7 @@ def train_and_evaluate(
     run = restore_or_init(config, mesh, resume, log)
     loaders = make_loaders(config, train_ids, val_ids, run.loader_state)
     steps = StepCache(run)
-    validate_fn = jit_validation_counts(run.model)
+    validate_fn = jit_validation_counts(run.model, online_renderers(config)[1])
     with contextlib.ExitStack() as stack:
         stop = should_stop or stack.enter_context(ctrl_c_requested())
         while run.step < config.train.total_steps:
