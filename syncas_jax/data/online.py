@@ -1,7 +1,7 @@
 """Online synthesis of a batch: CTA crops (`cta_loader`) → two windowed synthetic NCCT views per patch.
 
 `OnlineRenderer` is called inside the jitted train (and validation) step, so each device renders
-its own shard of the batch. Per item: `synth.online.render_crop_views` (HU reassignment →
+its own shard of the batch. Per item: `synth.online.render_crops` (HU reassignment →
 acquisition → plaques → whole HU) → the CT window of `transforms.window_ct` → voxels outside the
 volume set to the loader's padding value. The output has the NCCT loader's batch layout, so
 augmentation and the loss see exactly what they see with offline synthesis.
@@ -22,7 +22,7 @@ from syncas_jax.data.cta_loader import CtaGeometry
 from syncas_jax.data.layout import IMAGE_PAD
 from syncas_jax.data.transforms import window_ct
 from syncas_jax.synth.hu_table import get_table
-from syncas_jax.synth.online import CROP_MARGIN, CtaCrop, render_crop_views
+from syncas_jax.synth.online import CROP_MARGIN, CtaCrop, render_crops
 from syncas_jax.synth.plaques import plaque_box
 
 Batch = dict[str, jnp.ndarray]
@@ -58,7 +58,7 @@ class OnlineRenderer:
     def __call__(self, key: jax.Array, batch: Batch) -> Batch:
         g = self.geometry
         render = functools.partial(
-            render_crop_views,
+            render_crops,
             views=self.views,
             offsets=self.offsets,
             table=get_table(g.hu_table),
@@ -67,6 +67,6 @@ class OnlineRenderer:
             margin=self.margin,
         )
         label = batch["label"]
-        hu = jax.vmap(render)(jax.random.split(key, label.shape[0]), batch_crops(batch))
+        hu = render(jax.random.split(key, label.shape[0]), batch_crops(batch))
         views = jnp.where((label >= 0)[:, None], window_ct(hu), IMAGE_PAD)
         return {"views": views.astype(jnp.float32), "label": label}

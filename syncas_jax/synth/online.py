@@ -26,6 +26,7 @@ structures reaching beyond it keep their realistic HU in `outside`.
 
 Per item this costs three projections (realistic crop + two views) and two reconstructions of
 (Z, Yp + 2·margin, Xp + 2·margin) slices; a realistic render (validation) needs one projection.
+All of them go through one `ct.project` and one `ct.reconstruct` call per batch.
 """
 
 from __future__ import annotations
@@ -82,9 +83,20 @@ def _slices_last(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.moveaxis(x, 0, -1)
 
 
-def render_crop_views(
-    key: jax.Array,
-    crop: CtaCrop,
+def _crop_rays(sinogram: jnp.ndarray, centre_offset: jnp.ndarray, n_bins: int):
+    """One item: (band (A, n_bins, Z) of its slices' whole-slice sinograms (Z, A, S) along the crop's rays,
+    min (Z,) and max (Z,) of those sinograms over the other rays)."""
+    full = _slices_last(jnp.asarray(sinogram, jnp.float32))  # (A, S, Z)
+    band = crop_band(full, centre_offset, n_bins)
+    elsewhere = ~crop_band_mask(full.shape[1], centre_offset, n_bins)[:, :, None]
+    low = jnp.where(elsewhere, full, jnp.inf).min(axis=(0, 1))
+    high = jnp.where(elsewhere, full, -jnp.inf).max(axis=(0, 1))
+    return band, low, high
+
+
+def render_crops(
+    keys: jax.Array,
+    crops: CtaCrop,
     *,
     views: int,
     offsets: bool,
@@ -93,46 +105,52 @@ def render_crop_views(
     box: tuple[int, int, int],
     margin: int = CROP_MARGIN,
 ) -> jnp.ndarray:
-    """`views` synthetic NCCT renderings of the patch, float32 (views, Z, Yp, Xp) in whole HU.
+    """`views` synthetic NCCT renderings of each of B patches, float32 (B, views, Z, Yp, Xp) in whole HU.
 
-    key: this item's key; view v renders with ``split(key, views)[v]`` through `engine.split_view_key`.
+    keys: (B,) one key per item; view v of item i renders with ``split(keys[i], views)[v]`` through
+    `engine.split_view_key`. crops: a `CtaCrop` with a leading batch axis on every field.
     offsets: random HU offsets (training views) or the table as is (realistic render);
     spacing: (z, y, x) mm of the training grid; box: static plaque box (`plaques.plaque_box`).
-    All views and the realistic crop go through one projection and one reconstruction call
-    (slices batched in the trailing axis), so the step compiles each once.
+    Every slice of every item and view goes through one projection and one reconstruction call,
+    batched in the trailing axis (what makes the engine's gathers fast, `synth.ct`).
     """
-    z, yc, xc = crop.hu.shape
-    _, yp, xp = crop.lumen.shape
-    full = _slices_last(jnp.asarray(crop.sinogram, jnp.float32))  # (A, S, Z)
+    b, z, yc, xc = crops.hu.shape
+    yp, xp = crops.lumen.shape[2:]
     n_bins = detector_size(yc, xc)
-    band = crop_band(full, crop.centre_offset, n_bins)  # (A, n_bins, Z)
-    elsewhere = ~crop_band_mask(full.shape[1], crop.centre_offset, n_bins)[:, :, None]
-    ref_low = jnp.where(elsewhere, full, jnp.inf).min(axis=(0, 1))
-    ref_high = jnp.where(elsewhere, full, -jnp.inf).max(axis=(0, 1))
+    band, ref_low, ref_high = jax.vmap(_crop_rays, in_axes=(0, 0, None), out_axes=(2, 0, 0))(
+        crops.sinogram, crops.centre_offset, n_bins
+    )  # band (A, n_bins, B, Z); ref_low, ref_high (B, Z)
 
-    view_keys = jax.random.split(key, views)
-    hu_keys, ct_keys, plaque_keys = jax.vmap(split_view_key)(view_keys)
-    hu = jnp.asarray(crop.hu, jnp.float32)
-    ref = reassign_hu(hu, crop.organs, key, table, offsets=False)
+    view_keys = jax.vmap(lambda k: jax.random.split(k, views))(keys)  # (B, V)
+    hu_keys, ct_keys, plaque_keys = jax.vmap(jax.vmap(split_view_key))(view_keys)
+    hu = jnp.asarray(crops.hu, jnp.float32)
+    ref = jax.vmap(lambda h, o: reassign_hu(h, o, keys[0], table, offsets=False))(hu, crops.organs)
     if offsets:
-        drawn = jax.vmap(lambda k: reassign_hu(hu, crop.organs, k, table))(hu_keys)  # (V, Z, Yc, Xc)
-        stack = jnp.concatenate([ref[None], drawn]).reshape((views + 1) * z, yc, xc)
+        drawn = jax.vmap(jax.vmap(lambda h, o, k: reassign_hu(h, o, k, table), in_axes=(None, None, 0)))(
+            hu, crops.organs, hu_keys
+        )  # (B, V, Z, Yc, Xc)
+        stack = jnp.concatenate([ref[:, None], drawn], axis=1)
     else:
-        stack = ref
-    sinograms = project(_slices_last(stack))  # (A, n_bins, (1 + V)·Z) or (A, n_bins, Z)
-    outside = jnp.tile(band - sinograms[..., :z], views)
-    lines = sinograms[..., z:] + outside if offsets else jnp.tile(band, views)  # whole rays, view-major
-    low = jnp.minimum(lines.min(axis=(0, 1)), jnp.tile(ref_low, views))
-    high = jnp.maximum(lines.max(axis=(0, 1)), jnp.tile(ref_high, views))
-    keys = jax.vmap(slice_keys, in_axes=(0, None))(ct_keys, z).reshape(-1)
-    noisy = noisy_sinograms(lines, keys, low, high, jnp.tile(crop.photon_scale, views)) - outside
-    images = jnp.moveaxis(reconstruct(noisy, (yc, xc)), -1, 0).reshape(views, z, yc, xc)
-    images = images[:, :, margin : margin + yp, margin : margin + xp]
+        stack = ref[:, None]
+    sinograms = project(jnp.moveaxis(stack, (3, 4), (0, 1)))  # (A, n_bins, B, 1 + V or 1, Z)
+    outside = (band - sinograms[:, :, :, 0])[:, :, :, None]  # (A, n_bins, B, 1, Z)
+    lines = sinograms[:, :, :, 1:] + outside if offsets else jnp.broadcast_to(band[:, :, :, None], outside.shape)
+    lines = jnp.broadcast_to(lines, (*band.shape[:3], views, z))  # the whole rays, (A, n_bins, B, V, Z)
+    low = jnp.minimum(lines.min(axis=(0, 1)), ref_low[:, None])  # (B, V, Z)
+    high = jnp.maximum(lines.max(axis=(0, 1)), ref_high[:, None])
+    slice_key = jax.vmap(jax.vmap(slice_keys, in_axes=(0, None)), in_axes=(0, None))(ct_keys, z)  # (B, V, Z)
+    photons = jnp.broadcast_to(crops.photon_scale[:, None], (b, views, z))
+    flat = lines.reshape(*lines.shape[:2], -1)
+    noisy = noisy_sinograms(flat, slice_key.reshape(-1), low.reshape(-1), high.reshape(-1), photons.reshape(-1))
+    noisy = noisy.reshape(lines.shape) - outside
+    images = jnp.moveaxis(reconstruct(noisy, (yc, xc)), (0, 1), (3, 4))  # (B, V, Z, Yc, Xc)
+    images = images[..., margin : margin + yp, margin : margin + xp]
     pixel = float(min(spacing[1:]))
 
-    def plaques(image: jnp.ndarray, plaque_key: jax.Array) -> jnp.ndarray:
+    def plaques(image: jnp.ndarray, plaque_key: jax.Array, crop: CtaCrop) -> jnp.ndarray:
         drawn = draw_plaques(plaque_key, crop.centreline, crop.centreline_count, pixel)
         return paint_plaques(image, crop.lumen, drawn, spacing, box, crop.origin_mm)[0]
 
-    images = jax.vmap(plaques)(images, plaque_keys)
+    per_view = jax.vmap(plaques, in_axes=(0, 0, None))
+    images = jax.vmap(per_view)(images, plaque_keys, crops)
     return jnp.clip(jnp.round(images), *INT16_RANGE)

@@ -89,3 +89,47 @@ def test_views_are_a_function_of_key_and_item(renders):
     np.testing.assert_array_equal(a[0], b[0])  # item 0 does not depend on the other items
     assert np.abs(a[1] - a[0]).mean() > 1e-3  # other items draw other noise
     assert np.abs(c[0] - a[0]).mean() > 1e-3  # another step key, another rendering
+
+
+SHARDED_RENDER = """
+import json, sys
+import jax, numpy as np
+from syncas_jax.common.nifti import volume_from_array
+from syncas_jax.data.cta_cache import preprocess_cta_case
+from syncas_jax.data.cta_loader import CtaGeometry, CtaPatchBatcher
+from syncas_jax.data.online import OnlineRenderer
+from syncas_jax.train.parallel import make_mesh, shard_batch
+from tests.data.cta_cases import SPACING, cta_phantom
+assert jax.device_count() == 2
+image, labels = cta_phantom((8, 48, 48))
+case = preprocess_cta_case(volume_from_array(image, SPACING), volume_from_array(labels, SPACING), (3.0, 0.8, 0.8))
+geometry = CtaGeometry((3.0, 0.8, 0.8), case.sinogram.shape[2], len(case.centreline), 1.0, "reference")
+arrays = {k: getattr(case, k) for k in ("hu", "organs", "label", "sinogram", "photons", "centreline")}
+items = [{**arrays, "origin": np.array([0, y, x])} for y, x in ((4, 6), (10, 2))]
+batch = CtaPatchBatcher((4, 24, 24), geometry)(items)
+render = jax.jit(OnlineRenderer(geometry))
+results = []
+for devices in (jax.devices()[:1], jax.devices()):
+    out = render(jax.random.key(7), shard_batch(batch, make_mesh(devices)))["views"]
+    results.append((np.asarray(out), [s.device.id for s in out.addressable_shards], list(out.sharding.spec)[:1]))
+(one, _, _), (two, shard_devices, spec) = results
+print(json.dumps({"max_diff": float(np.abs(one - two).max()), "devices": shard_devices, "spec": spec}))
+"""
+
+
+def test_each_device_renders_its_shard_of_the_batch():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import CACHE_DIR
+    from tests.paths import ROOT
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+           "JAX_COMPILATION_CACHE_DIR": CACHE_DIR}  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", SHARDED_RENDER], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["spec"] == ["data"] and sorted(report["devices"]) == [0, 1]  # views stay sharded by item
+    assert report["max_diff"] <= 1e-6  # the same views whether one device renders both items or each its own
