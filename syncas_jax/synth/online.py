@@ -1,4 +1,4 @@
-"""The data engine on one training patch, inside the jitted train step (online synthesis, SPEC §10).
+"""The data engine on training patches, inside the jitted train step (online synthesis, SPEC §10).
 
 Same steps and code as `engine.render_view`, on a crop of the CTA cache (training grid):
 HU reassignment (`hu.reassign_hu`) → acquisition of every axial slice of the crop
@@ -12,8 +12,8 @@ crop, so FBP reconstructs it without truncation. Its *noise* is not: a ray's Poi
 (p − low)·(high − low)/photons, where p is the line integral through the whole slice and low/high
 are the whole slice's sinogram min and max; through a crop p misses everything outside it
 (typically hundreds of pixels of lung and air at −850…−1000 HU), and the crop's own min/max are
-not the slice's. Noise drawn naively on a crop is 0.37× the offline level on the phantom, and
-0.37→1.31× with only the slice's min/max (docs/online_synthesis.md).
+not the slice's. On the phantom, noise drawn naively on a crop is 0.37× the whole slice's, and
+1.31× with the slice's min/max but the crop's rays (docs/online_synthesis.md).
 
 So the CTA cache stores, per slice, the full-slice sinogram of the realistic render (table HU,
 no offsets) after the σ 0.5 blur. On a crop, the rays' missing part is
