@@ -108,7 +108,7 @@ def bench_step(args) -> None:
     augment = make_augment(config.augment)
     runs, compiled = {}, {}
     for name, batch, render in (("offline", ncct_batch, None), ("online", cta_batch, renderer)):
-        step = jit_train_step(model, config.loss, config.negatives_at(0), augment, render)
+        step = jit_train_step(model, config.loss, config.negatives_at(0), augment, config.segmentation, render)
         state = create_train_state(config, jax.random.key(0))
         started = time.perf_counter()
         compiled[name] = step.lower(state, batch, step_key(0, 0)).compile()
@@ -214,7 +214,7 @@ def fidelity_case(args, native_inplane: float, offsets: bool, name: str, naive: 
     region = tuple(slice(o, o + p) for o, p in zip(origin, patch))
     organs = case.organs[region]
 
-    views = render_case(image, labels, 3, views=args.views, spacing=native, offsets=offsets)
+    views = render_case(image, labels, 3, views=args.views, spacing=native, realistic=not offsets)
     coronary = volume_from_array((labels == 128).astype(np.uint8), native)
     ncct = preprocess_case([volume_from_array(v.image, native) for v in views], coronary, target)
     offline = ncct.views[(slice(None), *region)] * 200 + 50

@@ -1,4 +1,4 @@
-"""`python -m syncas_jax.convert`: the reference-checkpoint converter under the name SPEC and the README use.
+"""`python -m syncas_jax.convert`: the reference-checkpoint converter under the name the README uses.
 
 Same as `python -m syncas_jax.nets` (`syncas_jax/nets/__main__.py`).
 """

@@ -1,4 +1,4 @@
-"""`python -m syncas_jax.preprocess`: the data stage's CLI under the name SPEC and the README use.
+"""`python -m syncas_jax.preprocess`: the data stage's CLI under the name the README uses.
 
 Same as `python -m syncas_jax.data` (`syncas_jax/data/__main__.py`).
 """

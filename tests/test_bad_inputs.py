@@ -1,4 +1,4 @@
-"""Bad-input matrix across the command-line tools (SPEC §8).
+"""Bad-input matrix across the command-line tools (design §8).
 
 Each case: non-zero exit status, a message naming the offending file and the problem, no
 traceback, and no partial or clobbered outputs.

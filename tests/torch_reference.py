@@ -1,4 +1,4 @@
-"""Independent PyTorch restatement of the reference network and losses (SPEC sections 3 and 4).
+"""Independent PyTorch restatement of the reference network and losses (docs/design.md §3 and §4).
 
 This module is test/benchmark infrastructure, not part of the library. It is written from the
 spec alone, deliberately without looking at ``syncas_jax.nets`` / ``syncas_jax.losses``, so that
@@ -28,7 +28,7 @@ from torch import nn
 # Constants fixed by the spec
 # ----------------------------------------------------------------------------------------------
 
-#: Total number of parameters of the reference U-Net with batch norm (SPEC section 3).
+#: Total number of parameters of the reference U-Net with batch norm (design §3).
 REFERENCE_PARAM_COUNT = 5_893_296
 
 #: Indices (in the flat ``nn.Sequential``) of the ReLUs whose outputs feed the contrastive loss:
@@ -340,7 +340,7 @@ def contrastive_loss_loop(
     generator: torch.Generator | None = None,
     min_count: int = 10,
 ) -> torch.Tensor:
-    """Voxel contrastive loss between two views for one tap (SPEC section 4).
+    """Voxel contrastive loss between two views for one tap (design §4).
 
     f1, f2: N x C x d x h x w, already L2-normalised over C (view 1 / view 2 projections).
     labels: N x D x H x W integer branch labels at full resolution: -1 ignore, 0 background,

@@ -6,15 +6,17 @@ Input layout (output of ``syncas_jax.synth``) for case ``{id}``:
 names of ``*.label.nii.gz`` with the suffix stripped. A plain ImageCAS-style
 ``{id}.img.nii.gz`` is accepted as a single view.
 
-Per case: read (z, y, x) arrays (`syncas_jax.common.nifti.read_volume`) → crop, window,
-resample (`syncas_jax.data.transforms`) → branch labels: 6-connected components of the
-coronary mask (label > 0, after resampling), renumbered by size: largest = 1, next = 2,
-…, background 0; ties are broken by the first voxel in C (z, y, x) order. int16.
+Per case: read (z, y, x) arrays (`syncas_jax.common.nifti.read_volume`) → reorient to the
+canonical axes (`syncas_jax.data.orientation`, as inference does) → crop, window, resample
+(`syncas_jax.data.transforms`) → branch labels: 6-connected components of the coronary mask
+(label > 0, after resampling), renumbered by size: largest = 1, next = 2, …, background 0;
+ties are broken by the first voxel in C (z, y, x) order. int16.
 
 Cache layout: see `syncas_jax.data.layout` (views.npy, label.npy, fg.npy, json per case;
 dataset.json). Every file is written atomically (temporary name, then rename). The
-properties JSON holds `transforms`' properties plus the file's affine, ``axis_order``
-"zyx", the number of views and branches and the source files.
+properties JSON holds `transforms`' properties plus the canonical affine, the file's axis
+codes (``source_axcodes``), ``axis_order`` "zyx", the number of views and branches and the
+source files.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from syncas_jax.common.errors import InputError
 from syncas_jax.common.files import atomic_path, write_json
 from syncas_jax.common.nifti import Volume, check_same_grid, read_volume, strip_nifti_suffix
 from syncas_jax.data.layout import CACHE_FORMAT, PATCH_SIZE, TARGET_SPACING, cache_paths
+from syncas_jax.data.orientation import to_canonical
 from syncas_jax.data.transforms import HU_CENTER, HU_CLIP, HU_SCALE, preprocess_hu
 
 MAX_FOREGROUND_LOCATIONS = 20_000
@@ -98,12 +101,14 @@ def preprocess_case(
         raise InputError(label.path, "no image views for this label")
     for other in (*views[1:], label):
         check_same_grid(views[0], other)
+    (label, move), views = to_canonical(label), [to_canonical(v)[0] for v in views]
     hu = np.stack([np.asarray(v.array, np.float32) for v in views])
     data, mask, properties = preprocess_hu(hu, views[0].spacing, target_spacing, np.asarray(label.array) > 0)
     branches = branch_labels(mask)
     foreground = foreground_locations(branches)
     properties.update(
         affine=np.asarray(views[0].affine, float).tolist(),
+        source_axcodes=list(move.source_axcodes),
         num_views=len(views),
         num_branches=int(branches.max()),
         num_foreground_voxels=int(np.count_nonzero(branches)),

@@ -14,16 +14,18 @@ class DataConfig:
     """data_dir: preprocessed cache (`python -m syncas_jax.preprocess`); patch_size (z, y, x) voxels;
     spacing (z, y, x) mm of the cache (also the frame in which augmentation rotates and scales);
     batch_size: global batch (all devices); oversample_foreground_percent: chance that a patch is
-    centred on a coronary voxel; val_fraction / val_cases: the validation split; workers: grain
-    worker processes (0 = in the training process); synthesis: "offline" trains on the views of an
-    NCCT cache, "online" renders two new views of every patch inside the train step from a CTA
-    cache (`python -m syncas_jax.preprocess --cta`; `syncas_jax.data.online`)."""
+    centred on a coronary voxel; force_foreground: every patch is (the reference's loader hard-codes
+    force_fg = True, so its oversample_foreground_percent never acts); val_fraction / val_cases: the
+    validation split; workers: grain worker processes (0 = in the training process); synthesis:
+    "offline" trains on the views of an NCCT cache, "online" renders two new views of every patch
+    inside the train step from a CTA cache (`python -m syncas_jax.preprocess --cta`; `data.online`)."""
 
     data_dir: str = "cache"
     patch_size: tuple[int, int, int] = PATCH_SIZE
     spacing: tuple[float, float, float] = TARGET_SPACING
     batch_size: int = 4
     oversample_foreground_percent: float = 0.33
+    force_foreground: bool = False
     val_fraction: float = 0.2
     val_cases: tuple[str, ...] | None = None
     workers: int = 2
@@ -44,3 +46,8 @@ class DataConfig:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.synthesis not in SYNTHESIS:
             raise ValueError(f"synthesis must be one of {SYNTHESIS}, got {self.synthesis!r}")
+
+    @property
+    def foreground_probability(self) -> float:
+        """Chance that a patch is centred on a coronary voxel."""
+        return 1.0 if self.force_foreground else self.oversample_foreground_percent

@@ -26,7 +26,7 @@ import numpy as np
 from syncas_jax.common.errors import InputError
 from syncas_jax.data.cache import read_dataset_info
 from syncas_jax.data.layout import LABEL_PAD, cache_paths
-from syncas_jax.data.loader import PatchBatcher, window_slices
+from syncas_jax.data.loader import PatchBatcher, open_cached, window_slices
 from syncas_jax.synth.online import CROP_MARGIN
 
 KIND = "cta"
@@ -73,11 +73,7 @@ class CtaSource:
                     raise InputError(path, f"missing from the CTA cache (case {case_id} not preprocessed)")
 
     def _open(self, case_id: str, name: str) -> np.ndarray:
-        path = cache_paths(self.cache_dir, case_id, KIND)[name]
-        try:
-            return np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as error:
-            raise InputError(path, f"cannot memory-map cached array ({error})") from None
+        return open_cached(cache_paths(self.cache_dir, case_id, KIND)[name])
 
     def __len__(self) -> int:
         return len(self.case_ids)

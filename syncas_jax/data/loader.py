@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,20 @@ import numpy as np
 
 from syncas_jax.common.errors import InputError
 from syncas_jax.data.layout import IMAGE_PAD, LABEL_PAD, PATCH_SIZE, cache_paths
+
+_OPEN_LOCK = threading.Lock()
+
+
+def open_cached(path: str | os.PathLike) -> np.ndarray:
+    """Memory map of a cached .npy array (nothing read yet); InputError naming the file if it cannot be opened."""
+    try:
+        # np.load parses the .npy header with ast.literal_eval, which CPython 3.11 (≤ 3.11.7 at least)
+        # can crash on when threads call it at once ("AST constructor recursion depth mismatch");
+        # grain's read threads would. Opening is cheap; the voxels are read later, outside the lock.
+        with _OPEN_LOCK:
+            return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"cannot memory-map cached array ({error})") from None
 
 
 class CacheSource:
@@ -59,11 +74,7 @@ class CacheSource:
         self.num_views = views.pop()
 
     def _open(self, case_id: str, kind: str) -> np.ndarray:
-        path = cache_paths(self.cache_dir, case_id)[kind]
-        try:
-            return np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as error:
-            raise InputError(path, f"cannot memory-map cached array ({error})") from None
+        return open_cached(cache_paths(self.cache_dir, case_id)[kind])
 
     def __len__(self) -> int:
         return len(self.case_ids)

@@ -1,9 +1,11 @@
 """One scan in, the network's input out, and the network's output back onto the scan's grid.
 
-`preprocess_image` runs the training preprocessing (`syncas_jax.data.transforms`) on one
-CT volume; `predict_volume` puts any whole-image predictor between it and
-`restore_to_original` and thresholds the coronary probability (the argmax of the two-class
-softmax). Inference and training's periodic evaluation both go through `predict_volume`.
+`preprocess_image` runs the training preprocessing on one CT volume: reorientation to the
+canonical axes (`syncas_jax.data.orientation`), then crop, window and resampling
+(`syncas_jax.data.transforms`); `predict_volume` puts any whole-image predictor between it and
+`restore_to_original`, moves the result back to the file's axes and thresholds the coronary
+probability (the argmax of the two-class softmax). Inference and training's periodic
+evaluation both go through `predict_volume`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from syncas_jax.common.nifti import Volume
 from syncas_jax.data.layout import TARGET_SPACING
+from syncas_jax.data.orientation import Reorientation, to_canonical
 from syncas_jax.data.transforms import preprocess_hu, restore_to_original
 
 #: image (Z', Y', X') float32, preprocessed → class probabilities (C, Z', Y', X') float32
@@ -26,10 +29,22 @@ ImagePredictor = Callable[[np.ndarray], np.ndarray]
 def preprocess_image(
     volume: Volume, target_spacing: Sequence[float] = TARGET_SPACING
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """One CT volume (HU, (z, y, x)) → (float32 (Z', Y', X') network input, properties for `restore_to_original`)."""
-    data, _, properties = preprocess_hu(volume.array[None], volume.spacing, target_spacing, None)
-    properties["affine"] = np.asarray(volume.affine, float).tolist()
+    """One CT volume (HU, (z, y, x)) → (float32 (Z', Y', X') network input in canonical orientation, properties).
+
+    properties: those of `restore_to_original` (on the canonical grid), plus "affine" (canonical),
+    "reorientation" and "source_axcodes" (`restore_orientation` moves a result back to the file's axes).
+    """
+    canonical, move = to_canonical(volume)
+    data, _, properties = preprocess_hu(canonical.array[None], canonical.spacing, target_spacing, None)
+    properties["affine"] = np.asarray(canonical.affine, float).tolist()
+    properties["reorientation"] = move.to_list()
+    properties["source_axcodes"] = list(move.source_axcodes)
     return data[0], properties
+
+
+def restore_orientation(array: np.ndarray, properties: dict[str, Any]) -> np.ndarray:
+    """A (…, z, y, x) array on the canonical grid of `preprocess_image` → the input file's axes (exact)."""
+    return np.ascontiguousarray(Reorientation.from_list(properties["reorientation"]).undo(array))
 
 
 @dataclass
@@ -79,5 +94,7 @@ def predict_volume(
         if probabilities:
             probability = np.clip(restored[1], 0.0, 1.0).astype(np.float32)
         del restored
+    segmentation = restore_orientation(segmentation, properties)
+    probability = restore_orientation(probability, properties) if probabilities and probability is not None else None
     seconds["export"] = time.perf_counter() - start
-    return Prediction(segmentation, probability if probabilities else None, seconds)
+    return Prediction(segmentation, probability, seconds)

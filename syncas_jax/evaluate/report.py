@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from syncas_jax import metrics
+from syncas_jax.calcium.report import scan_calcium
 from syncas_jax.common.errors import InputError
 from syncas_jax.common.files import write_json, write_text
 from syncas_jax.common.nifti import check_same_grid, read_volume
@@ -35,6 +36,8 @@ PRINTED_COLUMNS = (
 def evaluate_case(case: Case, overlay: str | Path | None = None) -> dict[str, float | int]:
     """Read the case's files, check they share one grid, return `metrics.case_metrics`.
 
+    The Agatston columns (with an image) come from `syncas_jax.calcium.report.scan_calcium`, the
+    calcium report's own computation, on axial slices whatever the files' axis order.
     With `overlay`, also write the overlay PNG there (see `write_overlay`).
     """
     if case.pred is None:
@@ -48,7 +51,10 @@ def evaluate_case(case: Case, overlay: str | Path | None = None) -> dict[str, fl
         check_same_grid(ref, image)
     ref_mask, pred_mask = ref.array > 0, pred.array > 0
     image_hu = None if image is None else image.array
-    result = metrics.case_metrics(pred_mask, ref_mask, ref.spacing, image_hu)
+    result = metrics.case_metrics(pred_mask, ref_mask, ref.spacing)
+    if image is not None:
+        result["agatston_ref"] = scan_calcium(image, ref).score.agatston
+        result["agatston_pred"] = scan_calcium(image, pred).score.agatston
     if overlay is not None:
         title = (
             f"{case.name}   Dice {result['dice']:.3f}   HD95 {_fmt(result['hd95_mm'], '{:.2f}')} mm"
@@ -115,6 +121,6 @@ def write_report(out_dir: Path, cases: Sequence[Case], summary: dict[str, dict[s
         "summary": summary,
         "conventions": "HD95/MSD in mm as DeepMind surface-distance (max of directed area-weighted 95th percentiles;"
         " mean of directed area-weighted averages); null = not finite (one mask empty); mean/std over finite"
-        " values, n = their count; Agatston per SPEC section 7.",
+        " values, n = their count; Agatston per docs/design.md §7.",
     }  # fmt: skip
     write_json(report, out_dir / "metrics.json")

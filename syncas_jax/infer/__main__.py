@@ -1,30 +1,40 @@
-"""Predict coronary masks on CT volumes: `python -m syncas_jax.infer` (SPEC §6).
+"""Predict coronary masks on CT volumes: `python -m syncas_jax.infer` (design §6).
 
     python -m syncas_jax.infer -i IN -o OUT -m CHECKPOINT [--no-tta] [--save-probabilities]
-                               [--step 0.5] [--batch N] [--overwrite]
+                               [--report] [--dicom-seg] [--step 0.5] [--batch N] [--overwrite]
 
-IN is a NIfTI file or a folder of them (`.nii.gz` / `.nii`, hidden files and other
-extensions ignored). Output names: `<x>NCCT.nii.gz` → `CA_<x>NCCT.nii.gz`, any other
-file keeps its name; OUT is a folder, or for a single input file also a file name
-ending in `.nii.gz`/`.nii`. CHECKPOINT is a syncas_jax checkpoint folder (from train or
-convert) or a reference `.pth`, converted on the fly.
+IN is a NIfTI file, a DICOM series folder, or a folder of NIfTI files (`.nii.gz` / `.nii`,
+hidden files and other extensions ignored) and/or series folders (at any depth; any file
+names, any order). Output names: `<x>NCCT.nii.gz` → `CA_<x>NCCT.nii.gz`, any other file
+keeps its name, a series folder S → `CA_S.nii.gz` (in dcm2niix's geometry for the series);
+OUT is a folder, or for a single input also a file name ending in `.nii.gz`/`.nii`.
+CHECKPOINT is a syncas_jax checkpoint folder (from train or convert) or a reference `.pth`,
+converted on the fly.
 
-Per case: read (z, y, x) → same preprocessing as training (crop, CT window, resample
-to the target spacing) → Gaussian-weighted sliding window with 8-way mirror TTA
+Per case: read (z, y, x) → reorient to the canonical axes (axial slices, LPS; the network
+never sees a mirrored or transposed scan because of how the file was written) → same
+preprocessing as training (crop, CT window, resample to the target spacing) →
+Gaussian-weighted sliding window with 8-way mirror TTA
 (`syncas_jax.nets.sliding_window`) → softmax back to the original grid (order-1
 interpolation, order 0 along a separately resampled coarse axis, background outside
-the crop box; nnU-Net's export) → argmax → uint8 mask written with exactly the input's
-affine and header. With --save-probabilities the coronary-class probability goes to
-`<output name without .nii.gz>_prob.nii.gz`: float32 in [0, 1], same grid, affine and
-header (written before the mask, so an existing mask marks a finished case).
+the crop box; nnU-Net's export) → argmax → back to the file's axes → uint8 mask written
+with exactly the input's affine, header and layout. With --save-probabilities the
+coronary-class probability goes to `<output stem>_prob.nii.gz`: float32 in [0, 1], same
+grid, affine and header. --report writes the calcium report of the scan inside the
+predicted mask (`<output stem>_calcium.json/.csv/.png`, see `python -m syncas_jax.calcium`);
+--dicom-seg writes `<output stem>.seg.dcm`, a DICOM Segmentation referencing the source
+series (series inputs only). Extras are written before the mask, so an existing mask
+marks a finished case.
 
 Target spacing and patch size come from the checkpoint's training config; checkpoints
-without one (converted reference weights) use SPEC's (3.0, 0.349609375, 0.349609375) mm
+without one (converted reference weights) use the reference's (3.0, 0.349609375, 0.349609375) mm
 and (32, 224, 224); --spacing/--patch-size override either.
 
-Cases whose output exists are skipped unless --overwrite. A failing case (unreadable,
-not 3D, ...) is reported on one line naming the file and the others go on; the exit
-status is 1 if any case failed, 2 for an unusable input folder or checkpoint.
+Cases whose outputs exist are skipped unless --overwrite. A failing case (unreadable,
+not 3D, a DICOM folder with several series, missing slices, gantry tilt, not CT, pixel
+data without a decoder, ...) is reported on one line naming the file or folder and the
+others go on; the exit status is 1 if any case failed, 2 for an unusable input folder or
+checkpoint.
 """
 
 from __future__ import annotations
@@ -52,7 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Segment coronary arteries on CT volumes with a trained SynCAS network (sliding window, "
         "Gaussian weighting, mirror TTA) and write uint8 NIfTI masks in each input's geometry.",
     )
-    parser.add_argument("-i", "--input", type=Path, required=True, help="NIfTI file or folder of NIfTI files")
+    parser.add_argument(
+        "-i", "--input", type=Path, required=True, help="NIfTI file, DICOM series folder, or a folder of either"
+    )
     parser.add_argument(
         "-o", "--output", type=Path, required=True, help="output folder (or, for one input file, a .nii.gz path)"
     )
@@ -63,9 +75,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--save-probabilities", action="store_true", help="also write <name>_prob.nii.gz (float32 coronary probability)"
     )
+    parser.add_argument(
+        "--report", action="store_true", help="also write the calcium report (<name>_calcium.json/.csv/.png)"
+    )
+    parser.add_argument(
+        "--dicom-seg", action="store_true", help="DICOM series inputs: also write <name>.seg.dcm (DICOM SEG)"
+    )
     parser.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (0, 1]")
     parser.add_argument("--batch", type=int, default=1, help="windows per network call")
-    parser.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+    parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing in mm")
     parser.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="window size in voxels")
     parser.add_argument(
@@ -87,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     inputs = find_inputs(args.input)
     pairs = plan_outputs(inputs, args.input, args.output)
-    todo = [(s, o) for s, o in pairs if args.overwrite or not case_done(o, args.save_probabilities)]
+    extras = {"probabilities": args.save_probabilities, "report": args.report, "dicom_seg": args.dicom_seg}
+    todo = [(s, o) for s, o in pairs if args.overwrite or not case_done(o, source=s, **extras)]
+    if args.dicom_seg and any(not s.is_dir() for s, _ in todo):
+        note("--dicom-seg: NIfTI inputs get a NIfTI mask only (a DICOM SEG needs the source series)")
     skipped = len(pairs) - len(todo)
     if skipped:
         note(f"skipping {skipped} case(s) already predicted (use --overwrite to redo)")
@@ -109,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 output,
                 predict_fn,
                 settings,
-                probabilities=args.save_probabilities,
+                **extras,
                 progress=_window_progress(source.name),
             )
         except InputError as error:

@@ -2,7 +2,7 @@
 
 `load_model_for_inference` returns the predict function the sliding window calls
 (`syncas_jax.nets.predictor`); `inference_settings` picks the target spacing and window size
-(override > the checkpoint's training config > SPEC's defaults).
+(override > the checkpoint's training config > the reference defaults).
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def inference_settings(
     spacing: Sequence[float] | None = None,
     patch_size: Sequence[int] | None = None,
 ) -> tuple[tuple[float, float, float], tuple[int, int, int]]:
-    """(target spacing mm, patch voxels), each (z, y, x): override > checkpoint config > SPEC default.
+    """(target spacing mm, patch voxels), each (z, y, x): override > checkpoint config > reference default.
 
     Raises ValueError for a patch not divisible by 2**depth of meta["model"].
     """

@@ -1,4 +1,4 @@
-"""Branch-aware (and plain) voxel contrastive loss between two views (SPEC §4).
+"""Branch-aware (and plain) voxel contrastive loss between two views (design §4).
 
 Static shapes throughout: the variable-size voxel sets P (positives), N (negatives)
 and Q (pseudo-negatives) are boolean masks, and sampling from them is masked sampling
@@ -21,26 +21,31 @@ import jax.numpy as jnp
 
 MIN_SET_SIZE = 10
 MASKED_LOGIT = -1e9
+LOSS_DEFAULT_TEMPERATURE = 0.3  # what the reference's loss applies whatever its config says
+LOSS_DEFAULT_ALPHA = 0.5
 
 
 @dataclass(frozen=True)
 class ContrastiveConfig:
-    """The contrastive term of the training loss (SPEC §4), reference defaults.
+    """The contrastive term of the training loss (design §4), reference defaults.
 
     num_anchor: anchors per item (from the positives); neg_per_anchor, pseudo_neg_per_anchor:
     samples per anchor in the first half of training (doubled from half the epochs on);
     temperature: logits = dot / temperature; alpha: weight on pseudo-negative logits;
     branch_aware: positives = largest branch, pseudo-negatives = other branches (False: all
     coronary voxels are positives, no pseudo-negatives); weight: factor on the sum over taps.
+    use_config_alpha_temperature: False reproduces the reference's training script, which never
+    passes its config's alpha and temperature to the loss, so the loss defaults (α 0.5, τ 0.3) apply.
     """
 
     num_anchor: int = 512
     neg_per_anchor: int = 5
     pseudo_neg_per_anchor: int = 1
-    temperature: float = 0.3
-    alpha: float = 0.5
+    temperature: float = LOSS_DEFAULT_TEMPERATURE
+    alpha: float = LOSS_DEFAULT_ALPHA
     branch_aware: bool = True
     weight: float = 0.1
+    use_config_alpha_temperature: bool = True
 
     def __post_init__(self) -> None:
         if self.num_anchor < 1:
@@ -62,8 +67,8 @@ class ContrastiveConfig:
             "num_anchor": self.num_anchor,
             "neg_per_anchor": negatives[0],
             "pseudo_neg_per_anchor": negatives[1],
-            "temperature": self.temperature,
-            "alpha": self.alpha,
+            "temperature": self.temperature if self.use_config_alpha_temperature else LOSS_DEFAULT_TEMPERATURE,
+            "alpha": self.alpha if self.use_config_alpha_temperature else LOSS_DEFAULT_ALPHA,
             "branch_aware": self.branch_aware,
         }
 
@@ -154,8 +159,8 @@ def contrastive_loss(
     num_anchor: int = 512,
     neg_per_anchor: int = 5,
     pseudo_neg_per_anchor: int = 1,
-    temperature: float = 0.3,
-    alpha: float = 0.5,
+    temperature: float = LOSS_DEFAULT_TEMPERATURE,
+    alpha: float = LOSS_DEFAULT_ALPHA,
     branch_aware: bool = True,
 ) -> jnp.ndarray:
     """Contrastive loss of one tap, mean over non-skipped items (0 when all are skipped).

@@ -4,8 +4,8 @@ Pure numpy functions: masks are boolean arrays of shape (Z, Y, X) (any array is 
 `> 0`), `spacing` is the (z, y, x) voxel size in mm, images are in HU.
 
 Modules: `overlap` (Dice, IoU, ...), `surface` (HD95, MSD in mm), `centreline` (clDice),
-`calcium` (Agatston); `case_metrics` runs them all on one case and `summarize` gives
-mean ± std over cases.
+`calcium` (Agatston, volume score, lesions); `case_metrics` runs them all on one case and
+`summarize` gives mean ± std over cases.
 
 Conventions for empty masks (nothing is ever NaN):
 
@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from syncas_jax.metrics.calcium import agatston_score
+from syncas_jax.metrics.calcium import agatston_score, calcium_score
 from syncas_jax.metrics.centreline import cl_dice, skeleton
 from syncas_jax.metrics.masks import check_pair
 from syncas_jax.metrics.overlap import confusion_counts, overlap_from_counts, overlap_metrics
@@ -39,7 +39,7 @@ METRIC_KEYS = (
 AGATSTON_KEYS = ("agatston_ref", "agatston_pred")
 
 __all__ = [
-    "AGATSTON_KEYS", "METRIC_KEYS", "agatston_score", "case_metrics", "cl_dice", "confusion_counts",
+    "AGATSTON_KEYS", "METRIC_KEYS", "agatston_score", "calcium_score", "case_metrics", "cl_dice", "confusion_counts",
     "overlap_from_counts", "overlap_metrics", "skeleton", "summarize", "surface_distance_arrays", "surface_distances",
 ]  # fmt: skip
 
@@ -53,7 +53,8 @@ def case_metrics(
     """All metrics of one case: keys METRIC_KEYS, plus AGATSTON_KEYS when `image_hu` is given.
 
     pred, ref: (Z, Y, X) masks (foreground = value > 0); spacing: (z, y, x) mm; image_hu: the
-    CT of the case in HU, same shape. Distances in mm; may hold inf (see module docstring).
+    CT of the case in HU, same shape, Z the axial slice axis (reorient files first:
+    `syncas_jax.data.orientation.to_canonical`). Distances in mm; may hold inf (see module docstring).
     """
     pred, ref = check_pair(pred, ref)
     counts = confusion_counts(pred, ref)

@@ -14,7 +14,7 @@ ARCHITECTURE_FIELDS = ("ngf", "depth", "norm", "head_bias")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """SynCAS U-Net + projection heads (SPEC §3). Defaults are the reference network.
+    """SynCAS U-Net + projection heads (design §3). Defaults are the reference network.
 
     ngf: channels of the first level (doubling per level); depth: encoder levels (≥ 3 for the
     four contrastive taps); norm: "batch" or "instance"; head_bias: a bias on the logits conv
@@ -62,20 +62,6 @@ class ModelConfig:
             raise ValueError(f"invalid model entry {model}") from None
         return cls(**values, **runtime)
 
-    def build(self, dtype: Any = None):
-        """The Flax module SynCASNet (U-Net + heads) computing in `dtype` (default float32)."""
-        from syncas_jax.nets.unet import SynCASNet
-
-        return SynCASNet(**asdict(self), dtype=_dtype(dtype))
-
-    def build_unet(self, dtype: Any = None):
-        """The U-Net alone (inference)."""
-        from syncas_jax.nets.unet import UNet3D
-
-        return UNet3D(**asdict(self), dtype=_dtype(dtype))
-
-
-def _dtype(dtype: Any) -> Any:
-    import jax.numpy as jnp
-
-    return jnp.float32 if dtype is None else jnp.dtype(dtype)
+    def module_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the Flax modules (`SynCASNet(**model.module_kwargs(), dtype=...)`)."""
+        return asdict(self)

@@ -19,13 +19,13 @@ from syncas_jax.common.errors import InputError
 from syncas_jax.nets.config import ModelConfig
 from syncas_jax.nets.reference import check_against
 from syncas_jax.nets.sliding_window import PredictFn
-from syncas_jax.nets.unet import abstract_variables
+from syncas_jax.nets.unet import abstract_variables, build_unet
 
 
 @functools.cache
 def _logits_fn(model: ModelConfig, dtype: str) -> Callable[[Any, Any], Any]:
     """One logits function per architecture and dtype, so every model of that shape shares the jit cache."""
-    module = model.build_unet(dtype)
+    module = build_unet(model, dtype)
 
     def logits(variables: Any, windows: Any) -> Any:
         out, _ = module.apply(variables, windows, train=False)

@@ -1,4 +1,4 @@
-"""Sliding-window prediction of a whole preprocessed volume (nnU-Net's scheme, SPEC §6).
+"""Sliding-window prediction of a whole preprocessed volume (nnU-Net's scheme, design §6).
 
 * Window placement: nnU-Net's ``compute_steps_for_sliding_window`` — per axis
   ``ceil((image − patch) / (patch · step)) + 1`` windows whose starts are spread evenly

@@ -1,4 +1,4 @@
-"""The SynCAS 3D U-Net and its contrastive projection heads (SPEC §3), channels-last.
+"""The SynCAS 3D U-Net and its contrastive projection heads (design §3), channels-last.
 
 Shapes: input (N, Z, Y, X, 1); logits (N, Z, Y, X, 2). With the defaults (ngf 16,
 depth 4) the four contrastive taps are
@@ -303,10 +303,20 @@ class SynCASNet(nn.Module):
         return logits, [head(tap) for head, tap in zip(self.heads, taps)]
 
 
+def build_model(model: ModelConfig, dtype: Any = jnp.float32) -> SynCASNet:
+    """U-Net + projection heads as `model` describes, computing in `dtype`."""
+    return SynCASNet(**model.module_kwargs(), dtype=jnp.dtype(dtype))
+
+
+def build_unet(model: ModelConfig, dtype: Any = jnp.float32) -> UNet3D:
+    """The U-Net alone (inference)."""
+    return UNet3D(**model.module_kwargs(), dtype=jnp.dtype(dtype))
+
+
 def init_variables(key: jax.Array, model: ModelConfig = ModelConfig(), dtype: Any = jnp.float32):
     """Initialise SynCASNet variables ({'params', 'batch_stats'}) on a minimal input."""
     size = model.size_multiple
-    return model.build(dtype).init(key, jnp.zeros((1, size, size, size, 1)), method=SynCASNet.forward_projected)
+    return build_model(model, dtype).init(key, jnp.zeros((1, size, size, size, 1)), method=SynCASNet.forward_projected)
 
 
 def abstract_variables(model: ModelConfig = ModelConfig()):

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from syncas_jax.common.console import guarded, progress
+from syncas_jax.common.console import guarded, note, progress
 from syncas_jax.common.errors import InputError
 from syncas_jax.common.files import write_json
 from syncas_jax.common.nifti import Volume, check_same_grid, read_volume, write_volume
@@ -44,6 +44,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="global seed; each case's seed derives from it and its id")
     parser.add_argument("--overwrite", action="store_true", help="re-render cases that are already done")
     parser.add_argument("--hu-table", choices=sorted(TABLES), default="reference", help="label→HU table")
+    parser.add_argument(
+        "--realistic",
+        action="store_true",
+        help="render as a scanner shows the anatomy: table HU without the random offsets of training views "
+        "(held-out test scans); photon counts and plaques as always",
+    )
     parser.add_argument("--chunk", type=int, default=32, help="axial slices simulated at once (memory vs speed)")
     parser.add_argument("--phantom", type=int, metavar="N", help="write N phantom CTA input cases into -o instead")
     parser.add_argument("--phantom-shape", type=int, nargs=3, default=(128, 256, 256), metavar=("Z", "Y", "X"))
@@ -130,6 +136,7 @@ def render_one(image_path: Path, case_id: str, out: Path, args: argparse.Namespa
             views=args.views,
             spacing=image.spacing,
             chunk=args.chunk,
+            realistic=args.realistic,
         )
         for view, image_file, sidecar in zip(views, images, sidecars):
             write_volume(view.image, image_file, image, dtype=np.int16)
@@ -153,9 +160,7 @@ class RunLog:
         with open(self.path, "a") as handle:
             handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
         if echo:
-            from tqdm.auto import tqdm
-
-            tqdm.write(line, file=sys.stderr)
+            note(line)
 
 
 def run_phantoms(args: argparse.Namespace) -> int:
@@ -180,7 +185,11 @@ def run_cases(args: argparse.Namespace) -> int:
         raise InputError(args.output, "output folder must differ from the input folder")
     cases = find_cases(args.input)
     log = RunLog(args.output)
-    log.write(f"run: {len(cases)} cases from {args.input}, views {args.views}, seed {args.seed}, table {args.hu_table}")
+    style = "realistic" if args.realistic else "training"
+    log.write(
+        f"run: {len(cases)} cases from {args.input}, views {args.views}, seed {args.seed}, table {args.hu_table}, "
+        f"{style} renders"
+    )
     rendered = skipped = 0
     failed: list[str] = []
     for case_id, image_path in progress(cases, "synth", total=len(cases)):

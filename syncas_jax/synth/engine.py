@@ -1,4 +1,4 @@
-"""Render synthetic non-contrast CT views of one labelled CTA case (SPEC §1).
+"""Render synthetic non-contrast CT views of one labelled CTA case (design §1).
 
 Per view: HU reassignment (`hu`) → simulated CT acquisition of every axial slice
 (`ct`) → plaque insertion (`plaques`). Views of a case differ only in their random
@@ -61,19 +61,20 @@ def render_view(
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     centreline: Centreline | None = None,
     chunk: int = 32,
-    offsets: bool = True,
+    realistic: bool = False,
 ) -> View:
     """Render view number `view` of a case: image (Z, Y, X) HU, labels (Z, Y, X) int, spacing (z, y, x) mm.
 
-    offsets=False: no random HU offsets (the table's HU as is: a realistic render).
+    realistic: as a scanner shows the anatomy — every structure at its table HU (no random
+    offsets, which are training augmentation); photon counts and plaques as always.
     """
     table = get_table(table) if isinstance(table, str) else table
     coronary = np.asarray(labels) == CORONARY_ID
     if centreline is None:
         centreline = coronary_centreline(coronary, spacing)
     hu_key, ct_key, plaque_key = split_view_key(view_keys(seed, view))
-    image, labels = np.asarray(image, np.float32), np.asarray(labels, np.int16)
-    reassigned = np.asarray(reassign_hu(image, labels, hu_key, table, offsets))
+    labels = np.asarray(labels, np.int16)
+    reassigned = np.asarray(reassign_hu(np.asarray(image, np.float32), labels, hu_key, table, not realistic))
     acquired = simulate_volume(reassigned, ct_key, chunk=chunk)
     final, records = insert_plaques(acquired, coronary, centreline, spacing, plaque_key)
     return View(final, records)
@@ -88,14 +89,16 @@ def render_case(
     views: int = 2,
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     chunk: int = 32,
-    offsets: bool = True,
+    realistic: bool = False,
 ) -> list[View]:
     """Render `views` independent synthetic NCCT views of a CTA case (image HU, labels int, both (Z, Y, X)).
 
-    offsets=False: realistic renders (no random HU offsets).
+    realistic: every structure at its table HU (see `render_view`).
     """
     centreline = coronary_centreline(np.asarray(labels) == CORONARY_ID, spacing)
     return [
-        render_view(image, labels, seed, k, table, spacing=spacing, centreline=centreline, chunk=chunk, offsets=offsets)
+        render_view(
+            image, labels, seed, k, table, spacing=spacing, centreline=centreline, chunk=chunk, realistic=realistic
+        )
         for k in range(views)
     ]

@@ -1,4 +1,4 @@
-"""HU reassignment: give every labelled structure its non-contrast HU (SPEC §1 step 1).
+"""HU reassignment: give every labelled structure its non-contrast HU (design §1 step 1).
 
 For each structure of the table, in order: with probability 0.5 add a uniform offset
 in [−200, 200] HU to its value, dilate its mask in-plane (per axial slice) with a disk
@@ -41,13 +41,11 @@ def draw_hu_values(
 ) -> jnp.ndarray:
     """The HU given to each table entry for this draw, shape (n,): base HU + offset with p 0.5.
 
-    offsets=False: the table's HU as is (a realistic render; the key is not used).
+    offsets=False: the table's HU exactly (a realistic scan; the offsets are training augmentation).
     """
     base = jnp.asarray([hu for _, _, hu in table], jnp.float32)
-    if not offsets:
-        return base
     apply_key, offset_key = jax.random.split(key)
-    apply = jax.random.bernoulli(apply_key, OFFSET_PROBABILITY, base.shape)
+    apply = jax.random.bernoulli(apply_key, OFFSET_PROBABILITY if offsets else 0.0, base.shape)
     offset = jax.random.uniform(offset_key, base.shape, minval=-MAX_OFFSET, maxval=MAX_OFFSET)
     return base + jnp.where(apply, offset, 0.0)
 
@@ -73,7 +71,7 @@ def reassign_hu(
     """Non-contrast HU for labelled structures of a (Z, Y, X) CTA image (HU) → float32 (Z, Y, X) HU.
 
     labels: (Z, Y, X) integer label map; table: (id, name, HU) entries in order of application;
-    offsets: draw the random HU offsets (training views) or keep the table's HU (realistic render).
+    offsets: draw the random per-structure offsets (False: every structure at its table HU).
     """
     if len(table) > 127:
         raise ValueError("at most 127 structures per table")

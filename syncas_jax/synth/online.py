@@ -1,4 +1,4 @@
-"""The data engine on training patches, inside the jitted train step (online synthesis, SPEC §10).
+"""The data engine on training patches, inside the jitted train step (online synthesis, design §10).
 
 Same steps and code as `engine.render_view`, on a crop of the CTA cache (training grid):
 HU reassignment (`hu.reassign_hu`) → acquisition of every axial slice of the crop
@@ -13,7 +13,7 @@ crop, so FBP reconstructs it without truncation. Its *noise* is not: a ray's Poi
 are the whole slice's sinogram min and max; through a crop p misses everything outside it
 (typically hundreds of pixels of lung and air at −850…−1000 HU), and the crop's own min/max are
 not the slice's. On the phantom, noise drawn naively on a crop is 0.37× the whole slice's, and
-1.31× with the slice's min/max but the crop's rays (docs/online_synthesis.md).
+1.31× with the slice's min/max but the crop's rays (design §10).
 
 So the CTA cache stores, per slice, the full-slice sinogram of the realistic render (table HU,
 no offsets) after the σ 0.5 blur. On a crop, the rays' missing part is
@@ -121,8 +121,8 @@ def render_crops(
         crops.sinogram, crops.centre_offset, n_bins
     )  # band (A, n_bins, B, Z); ref_low, ref_high (B, Z)
 
-    view_keys = jax.vmap(lambda k: jax.random.split(k, views))(keys)  # (B, V)
-    hu_keys, ct_keys, plaque_keys = jax.vmap(jax.vmap(split_view_key))(view_keys)
+    per_view = jax.vmap(lambda k: jax.random.split(k, views))(keys)  # (B, V)
+    hu_keys, ct_keys, plaque_keys = jax.vmap(jax.vmap(split_view_key))(per_view)
     hu = jnp.asarray(crops.hu, jnp.float32)
     ref = jax.vmap(lambda h, o: reassign_hu(h, o, keys[0], table, offsets=False))(hu, crops.organs)
     if offsets:

@@ -138,20 +138,92 @@ def _ellipsoid(local: np.ndarray, centre: Vec, semi: Vec) -> np.ndarray:
     return q.sum(-1) <= 1.0
 
 
+@dataclass(frozen=True)
+class Anatomy:
+    """Everything that makes one phantom differ from another (drawn per seed by `draw_anatomy`).
+
+    Lengths are in L units (half the in-plane field of view) unless they say mm; "nominal mm"
+    are millimetres at L = 100 mm (a 200 mm cardiac field of view) and scale with L, so that any
+    grid shows the same anatomy.
+    """
+
+    heart_offset: tuple[float, float, float]  # heart centre shift (w, v, u)
+    heart_axis_jitter: tuple[float, float, float]  # added to the base → apex direction before normalising
+    heart_roll_deg: float  # rotation of the heart about its long axis
+    heart_size: float  # scale of every chamber
+    fat_scale: float  # epicardial fat envelope / nominal
+    fat_gap_mm: float  # fat between a coronary's wall and the myocardium (nominal mm)
+    calibre_scale: float  # coronary radii / nominal
+    branches: tuple[str, ...]  # the side branches present (main vessels always are)
+    length_fraction: tuple[tuple[str, float], ...]  # fraction of each branch's course that is drawn
+    interrupted: tuple[str, ...]  # side branches with a gap (disconnected segments)
+    course_seed: int  # per-control-point jitter of the coronary course
+    contrast_hu: float  # left-heart blood pool
+    right_heart_ratio: float  # right-heart blood / left-heart blood
+    myocardium_hu: float
+    liver_hu: float
+    liver_offset: tuple[float, float, float]
+
+
+MAIN_BRANCHES = ("lm", "lad", "lcx", "rca")
+SIDE_BRANCHES = ("d1", "d2", "om", "am", "pda")
+OPTIONAL_BRANCHES = ("d2", "om", "am")  # each present with probability P_BRANCH
+P_BRANCH = 0.75
+
+
+def draw_anatomy(seed: int) -> Anatomy:
+    """The random anatomy of phantom `seed`: heart pose and size, fat, coronary calibre, course and branching."""
+    rng = np.random.default_rng(seed)
+    present = tuple(b for b in SIDE_BRANCHES if b not in OPTIONAL_BRANCHES or rng.random() < P_BRANCH)
+    side = [b for b in present if b in ("d1", "d2", "om", "am", "pda")]
+    interrupted = tuple(rng.choice(side, size=min(2, len(side)), replace=False).tolist())
+    lengths = tuple(
+        (b, float(rng.uniform(0.8, 1.0) if b in MAIN_BRANCHES else rng.uniform(0.6, 1.0)))
+        for b in (*MAIN_BRANCHES, *present)
+    )
+    contrast = float(rng.uniform(330, 430))
+    return Anatomy(
+        heart_offset=tuple(rng.uniform(-0.06, 0.06, 3).tolist()),
+        heart_axis_jitter=tuple(rng.uniform(-0.18, 0.18, 3).tolist()),
+        heart_roll_deg=float(rng.uniform(-20, 20)),
+        heart_size=float(rng.uniform(0.85, 1.15)),
+        fat_scale=float(rng.uniform(0.92, 1.15)),
+        fat_gap_mm=float(rng.uniform(2.5, 5.0)),
+        calibre_scale=float(rng.uniform(0.8, 1.2)),
+        branches=present,
+        length_fraction=lengths,
+        interrupted=interrupted,
+        course_seed=int(rng.integers(2**31)),
+        contrast_hu=contrast,
+        right_heart_ratio=float(rng.uniform(0.7, 0.9)),
+        myocardium_hu=float(rng.uniform(100, 130)),
+        liver_hu=float(rng.uniform(90, 115)),
+        liver_offset=tuple(rng.uniform(-0.04, 0.04, 3).tolist()),
+    )
+
+
+def _rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
+    """(3, 3) rotation by `degrees` about the unit vector `axis` (Rodrigues)."""
+    a = np.deg2rad(degrees)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + np.sin(a) * k + (1 - np.cos(a)) * k @ k
+
+
 class _Heart:
     """Chambers as ellipsoids in a heart frame (e1 base → apex, e2 towards the LV, e3 anterior)."""
 
-    def __init__(self, rng: np.random.Generator):
-        self.centre = np.array([-0.05, -0.12, 0.12]) + rng.uniform(-0.03, 0.03, 3)
-        e1 = _unit(np.array([-0.45, -0.5, 0.75]) + rng.uniform(-0.08, 0.08, 3))
+    def __init__(self, anatomy: Anatomy):
+        self.centre = np.array([-0.05, -0.12, 0.12]) + np.asarray(anatomy.heart_offset)
+        e1 = _unit(np.array([-0.45, -0.5, 0.75]) + np.asarray(anatomy.heart_axis_jitter))
         anterior = np.array([0.0, -1.0, 0.0])
         e3 = _unit(anterior - anterior.dot(e1) * e1)
         e2 = np.cross(e3, e1)
         e2 = e2 if e2[2] > 0 else -e2
-        self.frame = np.stack([e1, e2, e3], axis=1)  # columns: heart axes in (w, v, u)
-        k = rng.uniform(0.92, 1.08)
+        roll = _rotation(e1, anatomy.heart_roll_deg)
+        self.frame = np.stack([e1, roll @ e2, roll @ e3], axis=1)  # columns: heart axes in (w, v, u)
+        k = anatomy.heart_size
         self.size = k
-        # (name, label, centre, semi-axes) in the heart frame, L units.
+        # (centre, semi-axes) in the heart frame, L units.
         self.lv_outer = ((0.08 * k, 0.07 * k, 0.0), (0.36 * k, 0.25 * k, 0.25 * k))
         self.lv = ((0.1 * k, 0.08 * k, 0.0), (0.27 * k, 0.15 * k, 0.15 * k))
         self.rv = ((0.05 * k, -0.2 * k, 0.05 * k), (0.3 * k, 0.14 * k, 0.24 * k))
@@ -159,7 +231,8 @@ class _Heart:
         self.la = ((-0.32 * k, 0.08 * k, -0.14 * k), (0.16 * k, 0.17 * k, 0.13 * k))
         self.ra = ((-0.28 * k, -0.2 * k, -0.02 * k), (0.17 * k, 0.13 * k, 0.14 * k))
         self.laa = ((-0.22 * k, 0.22 * k, 0.09 * k), (0.09 * k, 0.05 * k, 0.05 * k))
-        self.fat = ((0.0, -0.04 * k, 0.0), (0.5 * k, 0.4 * k, 0.36 * k))
+        f = anatomy.fat_scale
+        self.fat = ((0.0, -0.04 * k, 0.0), (0.5 * k * f, 0.4 * k * f, 0.36 * k * f))
         self.root = (-0.38 * k, -0.02 * k, 0.06 * k)  # aortic valve
         self.rvot = (-0.3 * k, -0.16 * k, 0.2 * k)  # pulmonary valve
 
@@ -185,92 +258,78 @@ class _Heart:
         return self.to_world(direction * (radius[last] + offset)[:, None])
 
 
-NOMINAL_SCALE_MM = 100.0  # vessel calibres below are in mm for L = 100 mm and scale with L
-EPICARDIAL_FAT_GAP_MM = 1.5  # fat between a coronary's wall and the myocardium (mm at L = 100 mm)
+NOMINAL_SCALE_MM = 100.0  # "nominal mm" are mm at L = 100 mm and scale with L
+
+# Coronary course: start ("ostium-left", "ostium-right" or (parent, fraction along it)), control
+# points (ℓ, φ°) on the heart surface, proximal and distal radius (nominal mm).
+_COURSE = {
+    "lm": ("ostium-left", [(-0.55, 70)], 2.2, 2.0),
+    "lad": (("lm", 1.0), [(-0.45, 80), (-0.3, 85), (0.2, 100), (0.7, 97), (0.95, 90)], 1.9, 0.9),
+    "lcx": (("lm", 1.0), [(-0.55, 50), (-0.5, 20), (-0.48, -30), (-0.45, -85)], 1.7, 0.9),
+    "d1": (("lad", 0.3), [(0.1, 75), (0.45, 35)], 1.2, 0.7),
+    "d2": (("lad", 0.6), [(0.5, 80), (0.75, 45)], 1.1, 0.7),
+    "om": (("lcx", 0.5), [(-0.3, -8), (0.45, -10)], 1.2, 0.7),
+    "rca": ("ostium-right", [(-0.5, 150), (-0.5, 200), (-0.45, 245), (-0.4, 265)], 1.9, 1.1),
+    "am": (("rca", 0.45), [(-0.3, 200), (0.3, 195)], 1.0, 0.6),
+    "pda": (("rca", 1.0), [(-0.2, 263), (0.6, 262)], 1.1, 0.7),
+}
+COURSE_JITTER_DEG = 12.0  # per control point, around the heart's long axis
+COURSE_JITTER_ELL = 0.05  # per control point, along the long axis
 
 
-def _coronary_tree(heart: _Heart, rng: np.random.Generator, min_radius: float, voxel: float, step: float):
-    """Coronary branches as [(points (P, 3) world L units, radii (P,))]; two side branches have a gap.
+def _coronary_tree(heart: _Heart, anatomy: Anatomy, min_radius: float, voxel: float, step: float):
+    """Coronary branches {name: (points (P, 3) world L units, radii (P,))}; the `interrupted` ones have a gap.
 
     min_radius: radius floor; voxel: the largest voxel size (both L units).
     """
+    rng = np.random.default_rng(anatomy.course_seed)
     mm = heart.size / NOMINAL_SCALE_MM
+    fat_gap = max(anatomy.fat_gap_mm * mm, voxel)  # coronaries run in the epicardial fat, off the muscle
+    lengths = dict(anatomy.length_fraction)
 
     def lift(controls: list[tuple[float, float]], offset: float) -> np.ndarray:
-        """Dense surface points through (ℓ, φ°) control points (φ jittered by ±6°)."""
-        ell = np.array([c[0] for c in controls], float)
-        phi = np.array([c[1] + rng.uniform(-6, 6) for c in controls], float)
+        """Dense surface points through jittered (ℓ, φ°) control points."""
+        ell = np.array([c[0] + rng.uniform(-COURSE_JITTER_ELL, COURSE_JITTER_ELL) for c in controls], float)
+        phi = np.array([c[1] + rng.uniform(-COURSE_JITTER_DEG, COURSE_JITTER_DEG) for c in controls], float)
         dense = _polyline(np.stack([ell, phi / 90.0, np.zeros_like(ell)], 1), 0.01)
         return heart.surface(np.clip(dense[:, 0], -0.97, 0.97), dense[:, 1] * 90.0, offset)
 
-    # Coronaries run in the epicardial fat, not on the muscle: a fat gap separates wall and myocardium.
-    fat_gap = max(EPICARDIAL_FAT_GAP_MM * mm, voxel)
-
-    def vessel(start: np.ndarray, controls: list[tuple[float, float]], r0: float, r1: float):
-        """A branch from world point `start` along the heart surface, radius r0 → r1 mm (tapering)."""
-        points = _polyline(np.concatenate([start[None], lift(controls, max(r0 * mm, min_radius) + fat_gap)]), step)
-        return points, np.maximum(np.linspace(r0, r1, len(points)) * mm, min_radius)
-
-    def at(branch, fraction: float) -> np.ndarray:
-        return branch[0][int(fraction * (len(branch[0]) - 1))]
-
     root = heart.to_world(heart.root)
     aorta_radius = 0.12 * heart.size
-
-    def ostium(towards: np.ndarray) -> np.ndarray:
-        return root + _unit(towards - root) * aorta_radius * 0.9
-
-    lm_end = lift([(-0.55, 70.0)], 2.2 * mm + fat_gap)[0]
-    lm = vessel(ostium(lm_end), [(-0.55, 70.0)], 2.2, 2.0)
-    lad = vessel(lm_end, [(-0.45, 80), (-0.3, 85), (0.2, 100), (0.7, 97), (0.95, 90)], 1.9, 0.9)
-    lcx = vessel(lm_end, [(-0.55, 50), (-0.5, 20), (-0.48, -30), (-0.45, -85)], 1.7, 0.9)
-    d1 = vessel(at(lad, 0.3), [(0.1, 75), (0.45, 35)], 1.2, 0.7)
-    d2 = vessel(at(lad, 0.6), [(0.5, 80), (0.75, 45)], 1.1, 0.7)
-    om = vessel(at(lcx, 0.5), [(-0.3, -8), (0.45, -10)], 1.2, 0.7)
-    rca_start = lift([(-0.5, 150.0)], 2.0 * mm + fat_gap)[0]
-    rca = vessel(ostium(rca_start), [(-0.5, 150), (-0.5, 200), (-0.45, 245), (-0.4, 265)], 1.9, 1.1)
-    am = vessel(at(rca, 0.45), [(-0.3, 200), (0.3, 195)], 1.0, 0.6)
-    pda = vessel(at(rca, 1.0), [(-0.2, 263), (0.6, 262)], 1.1, 0.7)
-    branches = [lm, lad, lcx, d1, d2, om, rca, am, pda]
-    for index in rng.choice([3, 4, 5, 7, 8], size=2, replace=False):  # interrupt two side branches
-        points, radii = branches[index]
+    branches: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name in (*MAIN_BRANCHES, *SIDE_BRANCHES):
+        if name not in MAIN_BRANCHES and name not in anatomy.branches:
+            continue
+        start, controls, r0, r1 = _COURSE[name]
+        r0, r1 = r0 * anatomy.calibre_scale, r1 * anatomy.calibre_scale
+        surface = lift(controls, max(r0 * mm, min_radius) + fat_gap)
+        if isinstance(start, str):  # from the aortic root, through the aortic wall
+            origin = root + _unit(surface[0] - root) * aorta_radius * 0.9
+        else:
+            parent = branches[start[0]][0]
+            origin = parent[int(start[1] * (len(parent) - 1))]
+        points = _polyline(np.concatenate([origin[None], surface]), step)
+        points = points[: max(2, int(round(lengths[name] * len(points))))]
+        radii = np.maximum(np.linspace(r0, r1, len(points)) * mm, min_radius)
+        branches[name] = (points, radii)
+    for name in anatomy.interrupted:
+        points, radii = branches[name]
         arc = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
         gap = 2 * radii.max() + 2.5 * voxel
         middle = rng.uniform(0.45, 0.75) * arc[-1]
         keep = np.abs(arc - middle) > gap / 2
-        branches[index] = (points[keep], radii[keep])
+        branches[name] = (points[keep], radii[keep])
     return branches
 
 
-def make_phantom(
-    shape: tuple[int, int, int] = (128, 256, 256),
-    spacing: tuple[float, float, float] = (1.0, 0.8, 0.8),
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A labelled CTA-like chest volume.
+def _vertical_tube(centre_vu: tuple[float, float], step: float, z_range=(-9.0, 9.0)) -> np.ndarray:
+    """Points along a straight tube through (w=0, v, u) parallel to the w (z) axis."""
+    ends = [np.array([z, centre_vu[0], centre_vu[1]]) for z in z_range]
+    return _polyline(np.stack(ends), step)
 
-    shape: (Z, Y, X) voxels; spacing: (z, y, x) mm. Returns image float32 (Z, Y, X) in HU,
-    labels int16 (Z, Y, X) with the ids of the SPEC table (and a few more: lungs, bone,
-    descending aorta 52, portal vein 64), and the 4×4 NIfTI affine (for (x, y, z) indices).
-    """
-    rng = np.random.default_rng(seed)
-    scale = min(shape[1] * spacing[1], shape[2] * spacing[2]) / 2
-    # Short z fields of view are squeezed so that w spans at least ±0.6 (liver, stomach, great vessels in view).
-    scale_z = min(scale, shape[0] * spacing[0] / 2 / 0.6)
-    grid = _Grid(tuple(int(n) for n in shape), tuple(float(s) for s in spacing), (scale_z, scale, scale))
-    canvas = _Canvas(grid)
-    w, v, u = grid.axes()
-    min_radius = 0.7 * float(grid.voxel[1:].min())
-    step = 0.3 * min(float(grid.voxel.min()), min_radius)
-    contrast = rng.uniform(330, 430)
-    right_heart = contrast * rng.uniform(0.7, 0.9)
 
-    def vertical(centre_vu: tuple[float, float], radius: float, z_range=(-9.0, 9.0), tilt=(0.0, 0.0)) -> np.ndarray:
-        """Points along a straight tube through (w=0, v, u) with direction (1, tilt_v, tilt_u)."""
-        ends = [np.array([z, centre_vu[0] + z * tilt[0], centre_vu[1] + z * tilt[1]]) for z in z_range]
-        return _polyline(np.stack(ends), step), radius
-
-    # Body wall, ribs, lungs, mediastinal fat.
+def _paint_chest(canvas: _Canvas, w: np.ndarray, v: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Body wall, ribs, lungs, mediastinal fat, sternum, spine; returns the inside of the ribcage."""
     body = ((v - 0.05) / 0.72) ** 2 + (u / 0.96) ** 2
     canvas.paint(body <= 1, None, -100.0)
     canvas.paint(body <= 0.9**2, None, 50.0)
@@ -292,77 +351,106 @@ def make_phantom(
     canvas.paint((v - 0.68) ** 2 + u**2 <= 0.045**2, SPINAL_CORD, 15.0)
     for side in (1, -1):
         canvas.paint(((v - 0.72) / 0.08) ** 2 + ((u - side * 0.2) / 0.11) ** 2 <= 1, None, 50.0)
+    return chest
 
-    # Abdomen below the diaphragm.
-    liver_centre = np.array([-0.75, 0.05, -0.35]) + rng.uniform(-0.04, 0.04, 3)
-    liver = (
-        ((w - liver_centre[0]) / 0.5) ** 2 + ((v - liver_centre[1]) / 0.52) ** 2 + ((u - liver_centre[2]) / 0.55) ** 2
-    )
-    canvas.paint((liver <= 1) & chest, LIVER, rng.uniform(90, 115))
+
+def _paint_abdomen_and_mediastinum(canvas: _Canvas, anatomy: Anatomy, chest: np.ndarray, step: float) -> None:
+    """Liver, stomach (with a gas cap), portal vein below the diaphragm; descending aorta and oesophagus."""
+    w, v, u = canvas.grid.axes()
+    c = np.array([-0.75, 0.05, -0.35]) + np.asarray(anatomy.liver_offset)
+    liver = ((w - c[0]) / 0.5) ** 2 + ((v - c[1]) / 0.52) ** 2 + ((u - c[2]) / 0.55) ** 2
+    canvas.paint((liver <= 1) & chest, LIVER, anatomy.liver_hu)
     stomach = ((w + 0.8) / 0.32) ** 2 + ((v + 0.1) / 0.25) ** 2 + ((u - 0.45) / 0.25) ** 2 <= 1
     canvas.paint(stomach & chest, STOMACH, 25.0)
     canvas.paint(stomach & chest & (w > -0.56) & (v < -0.1), STOMACH, -1000.0)  # gas cap
     portal = _polyline(np.array([[-0.95, 0.12, -0.05], [-0.82, 0.05, -0.25], [-0.78, 0.02, -0.5]]), step)
     canvas.tube(portal, np.full(len(portal), 0.035), PORTAL_VEIN, 170.0)
+    for centre, radius, label, hu in (
+        ((0.42, 0.15), 0.085, AORTA_TOTAL, anatomy.contrast_hu),
+        ((0.31, 0.01), 0.045, ESOPHAGUS, 40.0),
+        ((0.31, 0.01), 0.012, ESOPHAGUS, -1000.0),  # its air
+    ):
+        points = _vertical_tube(centre, step)
+        canvas.tube(points, np.full(len(points), radius), label, hu)
 
-    # Posterior mediastinum.
-    points, radius = vertical((0.42, 0.15), 0.085)
-    canvas.tube(points, np.full(len(points), radius), AORTA_TOTAL, contrast)
-    points, radius = vertical((0.31, 0.01), 0.045)
-    canvas.tube(points, np.full(len(points), radius), ESOPHAGUS, 40.0)
-    points, radius = vertical((0.31, 0.01), 0.012)
-    canvas.tube(points, np.full(len(points), radius), ESOPHAGUS, -1000.0)
 
-    # Heart: epicardial fat, chambers, myocardium.
-    heart = _Heart(rng)
-    reach = 0.65
-    box = grid.box(heart.centre - reach, heart.centre + reach)
-    if box is not None:
-        hw, hv, hu = grid.axes(box)
-        local = heart.to_local(np.stack(np.broadcast_arrays(hw, hv, hu), axis=-1))
+def _paint_heart(canvas: _Canvas, heart: _Heart, anatomy: Anatomy) -> None:
+    """Epicardial fat, chambers and myocardium."""
+    box = canvas.grid.box(heart.centre - 0.65, heart.centre + 0.65)
+    if box is None:
+        return
+    hw, hv, hu = canvas.grid.axes(box)
+    local = heart.to_local(np.stack(np.broadcast_arrays(hw, hv, hu), axis=-1))
+    right_heart = anatomy.contrast_hu * anatomy.right_heart_ratio
+    parts = (
+        (heart.fat, 0, -100.0, None),  # epicardial fat: unlabelled, whatever lay there before
+        (heart.rv_outer, MYOCARDIUM, anatomy.myocardium_hu, None),
+        (heart.rv, RIGHT_VENTRICLE, right_heart, heart.lv_outer),
+        (heart.lv_outer, MYOCARDIUM, anatomy.myocardium_hu, None),
+        (heart.lv, LEFT_VENTRICLE, anatomy.contrast_hu, None),
+        (heart.ra, RIGHT_ATRIUM, right_heart, None),
+        (heart.la, LEFT_ATRIUM, anatomy.contrast_hu, None),
+        (heart.laa, LAA, anatomy.contrast_hu, None),
+    )
+    for part, label, value, minus in parts:
+        mask = _ellipsoid(local, *part)
+        if minus is not None:
+            mask &= ~_ellipsoid(local, *minus)
+        canvas.paint(mask, label, value, box)
 
-        def paint(part, label, hu_value, minus=None):
-            mask = _ellipsoid(local, *part)
-            if minus is not None:
-                mask &= ~_ellipsoid(local, *minus)
-            canvas.paint(mask, label, hu_value, box)
 
-        paint(heart.fat, None, -100.0)
-        myocardium_hu = rng.uniform(100, 130)
-        paint(heart.rv_outer, MYOCARDIUM, myocardium_hu)
-        paint(heart.rv, RIGHT_VENTRICLE, right_heart, minus=heart.lv_outer)
-        paint(heart.lv_outer, MYOCARDIUM, myocardium_hu)
-        paint(heart.lv, LEFT_VENTRICLE, contrast)
-        paint(heart.ra, RIGHT_ATRIUM, right_heart)
-        paint(heart.la, LEFT_ATRIUM, contrast)
-        paint(heart.laa, LAA, contrast)
-
-    # Great vessels attached to the heart.
+def _paint_great_vessels(canvas: _Canvas, heart: _Heart, anatomy: Anatomy, step: float) -> None:
+    """Ascending aorta, pulmonary artery, venae cavae and pulmonary veins attached to the heart."""
+    k, contrast = heart.size, anatomy.contrast_hu
     up = np.array([1.0, 0.0, 0.0])
-    root = heart.to_world(heart.root)
-    aorta = _polyline(np.stack([root, root + np.array([0.5, -0.02, -0.06]), root + np.array([2.0, 0.1, -0.1])]), step)
-    canvas.tube(aorta, np.full(len(aorta), 0.12 * heart.size), AORTA, contrast)
-    rvot = heart.to_world(heart.rvot)
-    pa = _polyline(np.stack([rvot, rvot + np.array([0.35, 0.1, 0.05]), rvot + np.array([0.6, 0.45, 0.1])]), step)
-    canvas.tube(pa, np.full(len(pa), 0.1 * heart.size), PULMONARY_ARTERY, right_heart)
-    ra_top = heart.to_world((-0.35 * heart.size, -0.24 * heart.size, -0.04 * heart.size))
-    svc = _polyline(np.stack([ra_top, ra_top + 2.0 * up]), step)
-    canvas.tube(svc, np.full(len(svc), 0.065), SVC, contrast * 1.3)
-    ra_bottom = heart.to_world((-0.16 * heart.size, -0.26 * heart.size, -0.14 * heart.size))
-    ivc = _polyline(np.stack([ra_bottom, ra_bottom + np.array([-2.0, 0.3, 0.0])]), step)
-    canvas.tube(ivc, np.full(len(ivc), 0.075), IVC, 140.0)
+    root, rvot = heart.to_world(heart.root), heart.to_world(heart.rvot)
+    ra_top = heart.to_world((-0.35 * k, -0.24 * k, -0.04 * k))
+    ra_bottom = heart.to_world((-0.16 * k, -0.26 * k, -0.14 * k))
+    tubes = [
+        ([root, root + np.array([0.5, -0.02, -0.06]), root + np.array([2.0, 0.1, -0.1])], 0.12 * k, AORTA, contrast),
+        ([rvot, rvot + np.array([0.35, 0.1, 0.05]), rvot + np.array([0.6, 0.45, 0.1])], 0.1 * k, PULMONARY_ARTERY,
+         contrast * anatomy.right_heart_ratio),
+        ([ra_top, ra_top + 2.0 * up], 0.065, SVC, contrast * 1.3),
+        ([ra_bottom, ra_bottom + np.array([-2.0, 0.3, 0.0])], 0.075, IVC, 140.0),
+    ]  # fmt: skip
     la = heart.to_world(heart.la[0])
     for dw, side in ((0.1, 1), (-0.1, 1), (0.1, -1), (-0.1, -1)):
-        vein = _polyline(np.stack([la, la + np.array([dw, 0.1, side * 0.45])]), step)
-        canvas.tube(vein, np.full(len(vein), 0.035), PULMONARY_VEIN, contrast)
+        tubes.append(([la, la + np.array([dw, 0.1, side * 0.45])], 0.035, PULMONARY_VEIN, contrast))
+    for control, radius, label, hu in tubes:
+        points = _polyline(np.stack(control), step)
+        canvas.tube(points, np.full(len(points), radius), label, hu)
 
-    # Coronary arteries, drawn last.
-    for points, radii in _coronary_tree(heart, rng, min_radius, float(grid.voxel.max()), step):
-        if len(points):
-            canvas.tube(points, radii, CORONARY, contrast)
-            canvas.line(points, CORONARY, contrast)  # keeps thin vessels 6-connected across thick slices
 
-    image = gaussian_filter(canvas.image, sigma=0.5) + rng.normal(0.0, 18.0, shape).astype(np.float32)
+def make_phantom(
+    shape: tuple[int, int, int] = (128, 256, 256),
+    spacing: tuple[float, float, float] = (1.0, 0.8, 0.8),
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A labelled CTA-like chest volume with the anatomy `draw_anatomy(seed)`.
+
+    shape: (Z, Y, X) voxels; spacing: (z, y, x) mm. Returns image float32 (Z, Y, X) in HU,
+    labels int16 (Z, Y, X) with the ids of the HU table (design §1) (and a few more: lungs, bone,
+    descending aorta 52, portal vein 64), and the 4×4 NIfTI affine (for (x, y, z) indices).
+    """
+    anatomy = draw_anatomy(seed)
+    scale = min(shape[1] * spacing[1], shape[2] * spacing[2]) / 2
+    # Short z fields of view are squeezed so that w spans at least ±0.6 (liver, stomach, great vessels in view).
+    scale_z = min(scale, shape[0] * spacing[0] / 2 / 0.6)
+    grid = _Grid(tuple(int(n) for n in shape), tuple(float(s) for s in spacing), (scale_z, scale, scale))
+    canvas = _Canvas(grid)
+    min_radius = 0.7 * float(grid.voxel[1:].min())
+    step = 0.3 * min(float(grid.voxel.min()), min_radius)
+    chest = _paint_chest(canvas, *grid.axes())
+    _paint_abdomen_and_mediastinum(canvas, anatomy, chest, step)
+    heart = _Heart(anatomy)
+    _paint_heart(canvas, heart, anatomy)
+    _paint_great_vessels(canvas, heart, anatomy, step)
+    for points, radii in _coronary_tree(heart, anatomy, min_radius, float(grid.voxel.max()), step).values():
+        if len(points):  # drawn last
+            canvas.tube(points, radii, CORONARY, anatomy.contrast_hu)
+            canvas.line(points, CORONARY, anatomy.contrast_hu)  # keeps thin vessels 6-connected across thick slices
+    noise = np.random.default_rng([seed, 1]).normal(0.0, 18.0, shape).astype(np.float32)
+    image = gaussian_filter(canvas.image, sigma=0.5) + noise
     return image.astype(np.float32), canvas.labels, phantom_affine(shape, spacing)
 
 

@@ -1,4 +1,4 @@
-"""Coronary plaque insertion (SPEC §1 step 3; the reference's generator is unpublished, this is ours).
+"""Coronary plaque insertion (design §1 step 3; the reference's generator is unpublished, this is ours).
 
 Per view: the number of plaques is uniform in {0, …, 15}; each is calcified with
 probability 0.65 (HU uniform in [300, 1000]) else non-calcified (HU in [50, 150]). A

@@ -1,4 +1,4 @@
-"""`python -m syncas_jax.train --config FILE [--resume]`: train the SynCAS U-Net (SPEC §5).
+"""`python -m syncas_jax.train --config FILE [--resume]`: train the SynCAS U-Net (design §5).
 
 Multi-host (several machines, e.g. a TPU pod slice or GPU nodes): start the same command
 on every host with `--distributed`; `jax.distributed.initialize()` reads the coordinator
@@ -14,6 +14,7 @@ import json
 import sys
 
 from syncas_jax.common.console import guarded
+from syncas_jax.common.console import progress as console_progress
 from syncas_jax.common.errors import InputError
 from syncas_jax.train.config import load_config
 
@@ -65,7 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     from syncas_jax.train.loop import train_and_evaluate  # after jax.distributed.initialize
 
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}; output: {config.train.output_dir}")
-    record = train_and_evaluate(config, resume=args.resume, progress=not args.no_progress)
+    record = train_and_evaluate(
+        config, resume=args.resume, log=print, progress=None if args.no_progress else console_progress
+    )
     print(f"done: {json.dumps(record)}")
     return 0
 

@@ -1,6 +1,6 @@
 """The training configuration: one nested, typed object built from flat JSON keys in one place.
 
-A config file is a flat JSON object with the reference's keys (SPEC §5) plus ours. `FLAT_KEYS`
+A config file is a flat JSON object with the reference's keys (design §5) plus ours. `FLAT_KEYS`
 maps every key onto a field of one stage's dataclass:
 
   model    `syncas_jax.nets.config.ModelConfig`          ngf, depth, norm, head_bias, conv_impl
@@ -33,6 +33,7 @@ from syncas_jax.common.precision import PRECISIONS
 from syncas_jax.data.augment import AugmentConfig
 from syncas_jax.data.config import DataConfig
 from syncas_jax.losses.contrastive import ContrastiveConfig
+from syncas_jax.losses.dice_ce import SegmentationLossConfig
 from syncas_jax.nets.config import ModelConfig
 
 # Keys of the reference config.json that this implementation does not use.
@@ -47,6 +48,10 @@ REFERENCE_IGNORED_KEYS = frozenset(
 )  # fmt: skip
 
 
+GRAD_CLIP_SCOPES = ("all", "unet")
+OPTIMIZERS = ("sgd", "adam")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and the run: SGD Nesterov with polynomial decay, epochs, validation, outputs.
@@ -55,10 +60,12 @@ class TrainConfig:
     `test_every` epochs; precision: see `syncas_jax.common.precision`.
     """
 
+    optimizer: str = "sgd"  # the reference's SGD Nesterov; "adam" converges in fewer steps (the CPU demo)
     initial_lr: float = 1e-3
     weight_decay: float = 3e-5
     momentum: float = 0.99
     grad_clip_norm: float = 12.0
+    grad_clip_scope: str = "all"  # "unet": clip the U-Net's gradients only, as the reference
     num_epochs: int = 100
     num_iterations_per_epoch: int = 40
     num_val_iterations_per_epoch: int = 10
@@ -76,6 +83,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_val_iterations_per_epoch < 0:
             raise ValueError(f"num_val_iterations_per_epoch must be >= 0, got {self.num_val_iterations_per_epoch}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"'optimizer' must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.grad_clip_scope not in GRAD_CLIP_SCOPES:
+            raise ValueError(f"'grad_clip_scope' must be one of {GRAD_CLIP_SCOPES}, got {self.grad_clip_scope!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"'precision' must be one of {PRECISIONS}, got {self.precision!r}")
 
@@ -90,6 +101,7 @@ class Config:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    segmentation: SegmentationLossConfig = field(default_factory=SegmentationLossConfig)
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -111,17 +123,24 @@ class Config:
 FLAT_KEYS: dict[str, tuple[str, str]] = {
     **{name: ("model", name) for name in ("ngf", "depth", "norm", "head_bias", "conv_impl")},
     **{name: ("loss", name) for name in ("num_anchor", "neg_per_anchor", "pseudo_neg_per_anchor", "temperature",
-                                         "alpha", "branch_aware")},
+                                         "alpha", "branch_aware", "use_config_alpha_temperature")},
     "contrastive_weight": ("loss", "weight"),
+    "ce_foreground_weight": ("segmentation", "ce_foreground_weight"),
     **{name: ("data", name) for name in ("data_dir", "patch_size", "spacing", "batch_size",
-                                         "oversample_foreground_percent", "val_fraction", "val_cases", "workers",
-                                         "synthesis")},
+                                         "oversample_foreground_percent", "force_foreground", "val_fraction",
+                                         "val_cases", "workers", "synthesis")},
     "augmentated": ("augment", "enabled"),  # the reference's spelling
     **{f.name: ("train", f.name) for f in dataclasses.fields(TrainConfig)},
 }  # fmt: skip
 # Reference keys with one allowed value (checked, not stored).
 FIXED_KEYS = {"pos_per_anchor": (1, "the positive is the same voxel in the other view")}
-SECTIONS = {"model": ModelConfig, "loss": ContrastiveConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS = {
+    "model": ModelConfig,
+    "loss": ContrastiveConfig,
+    "segmentation": SegmentationLossConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+}
 
 
 def _annotation(key: str) -> Any:
@@ -211,13 +230,18 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> tuple[Confi
     return config, ignored
 
 
+def shipped_config_path(name: str) -> Path:
+    """The file of a config that ships inside the package (`demo`, `reference`, ...)."""
+    return Path(str(resources.files("syncas_jax") / "configs" / f"{name}.json"))
+
+
 def config_path(name_or_path: str | os.PathLike) -> Path:
-    """A config file: the path as given, else a shipped config by name (`demo`, `reference`, ...)."""
+    """A config file: an existing file as given, else a bare name of a shipped config, else the path as given."""
     path = Path(name_or_path)
-    if path.exists() or path.suffix or len(path.parts) > 1:
+    if path.is_file() or path.suffix or len(path.parts) > 1:
         return path
-    shipped = resources.files("syncas_jax") / "configs" / f"{name_or_path}.json"
-    return Path(str(shipped)) if shipped.is_file() else path
+    shipped = shipped_config_path(str(name_or_path))
+    return shipped if shipped.is_file() else path
 
 
 def shipped_configs() -> list[str]:

@@ -12,6 +12,7 @@ from syncas_jax.common.errors import InputError
 from syncas_jax.common.files import write_json
 from syncas_jax.common.nifti import read_volume
 from syncas_jax.common.precision import compute_dtype
+from syncas_jax.data.orientation import to_canonical
 from syncas_jax.data.volume import predict_volume
 from syncas_jax.metrics import case_metrics, summarize
 from syncas_jax.nets.predictor import predictor, unet_variables
@@ -45,8 +46,7 @@ def evaluate_folder(state: TrainState, config: Config, path: Path) -> dict[str, 
     )
     cases = {}
     for case_id, image_path, label_path in evaluation_scans(config.train.evaluation_folder or ""):
-        volume = read_volume(image_path)
-        reference = read_volume(label_path)
+        (volume, _), (reference, _) = to_canonical(read_volume(image_path)), to_canonical(read_volume(label_path))
         prediction = predict_volume(volume, predict_image, spacing=config.data.spacing)
         cases[case_id] = case_metrics(prediction.segmentation, reference.array, volume.spacing, volume.array)
     report = {"cases": cases, "summary": summarize(list(cases.values()))}

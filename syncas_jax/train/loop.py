@@ -1,4 +1,4 @@
-"""The training loop: a short driver over named pieces (SPEC §5).
+"""The training loop: a short driver over named pieces (design §5).
 
     select cases → restore or init → make loaders → per epoch: run the steps → validate →
     (every test_every epochs) score the evaluation folder → record → save `latest` (and `best`)
@@ -16,7 +16,7 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,6 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from syncas_jax.common.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
 from syncas_jax.common.errors import InputError
@@ -55,6 +54,8 @@ from syncas_jax.train.step import (
 from syncas_jax.train.synthesis import check_cache_kind, loader_parts, online_renderers, wanted_cache
 
 StopFn = Callable[[int], bool]  # called with the global step after each step; True stops the run
+LogFn = Callable[[str], None]
+ProgressFn = Callable[[Iterable[Any], str, int], Iterable[Any]]  # (items, description, total) → items
 
 
 @dataclass
@@ -117,7 +118,7 @@ def check_devices(config: Config, mesh: Mesh) -> None:
         raise InputError(folder, "evaluation_folder not found")
 
 
-def restore_or_init(config: Config, mesh: Mesh, resume: bool, log: Callable[[str], None]) -> Run:
+def restore_or_init(config: Config, mesh: Mesh, resume: bool, log: LogFn) -> Run:
     """A fresh run, or the one saved in checkpoints/latest when `resume` and it exists."""
     state = create_train_state(config, jax.random.key(config.train.seed))
     run = Run(config, mesh, make_model(config), state, 0, RunHistory(), EpochSums(), None)
@@ -153,7 +154,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], loade
         data.patch_size,
         local_batch,
         seed=config.train.seed,
-        oversample_foreground=data.oversample_foreground_percent,
+        oversample_foreground=data.foreground_probability,
         workers=data.workers,
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
@@ -169,7 +170,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], loade
         local_batch,
         num_batches=max(config.train.num_val_iterations_per_epoch, 1),
         seed=config.train.seed + 1,
-        oversample_foreground=data.oversample_foreground_percent,
+        oversample_foreground=data.foreground_probability,
         **val_parts,
     )
     return Loaders(train_iter, val)
@@ -187,8 +188,10 @@ class StepCache:
     def __call__(self, epoch: int) -> StepFn:
         negatives = self._run.config.negatives_at(epoch)
         if negatives not in self._steps:
-            model, loss = self._run.model, self._run.config.loss
-            self._steps[negatives] = jit_train_step(model, loss, negatives, self.augment, self.render)
+            config = self._run.config
+            self._steps[negatives] = jit_train_step(
+                self._run.model, config.loss, negatives, self.augment, config.segmentation, self.render
+            )
         return self._steps[negatives]
 
 
@@ -214,21 +217,19 @@ def save(run: Run, loaders: Loaders, partial: EpochSums | None = None, *, best: 
         save_checkpoint(run.checkpoints / "best", state_tree(run.state), meta)
 
 
-def run_epoch(run: Run, loaders: Loaders, steps: StepCache, should_stop: StopFn, progress: bool) -> EpochSums:
+def run_epoch(run: Run, loaders: Loaders, steps: StepCache, should_stop: StopFn, progress: ProgressFn) -> EpochSums:
     """The remaining steps of the current epoch. When `should_stop` says so, saves `latest` and raises."""
     iterations = run.config.train.num_iterations_per_epoch
     epoch, start = divmod(run.step, iterations)
     sums, run.epoch_sums = run.epoch_sums, EpochSums()
     started = time.perf_counter() - sums.seconds
     step_fn = steps(epoch)
-    bar = tqdm(range(start, iterations), desc=f"epoch {epoch + 1}/{run.config.train.num_epochs}",
-               disable=not progress, leave=False)  # fmt: skip
-    for _ in bar:
+    description = f"epoch {epoch + 1}/{run.config.train.num_epochs}"
+    for _ in progress(range(start, iterations), description, iterations - start):
         batch = shard_batch(next(loaders.train), run.mesh)
         run.state, metrics = step_fn(run.state, batch, step_key(run.config.train.seed, run.step))
         run.step += 1
         sums.add({k: float(v) for k, v in jax.device_get(metrics).items()})
-        bar.set_postfix(loss=f"{sums.sums['loss'] / sums.count:.4f}")
         if should_stop(run.step):
             sums.seconds = time.perf_counter() - started
             save(run, loaders, sums)
@@ -246,7 +247,7 @@ def validate(run: Run, loaders: Loaders, validate_fn: Callable) -> float:
     return pseudo_dice(counts)
 
 
-def end_epoch(run: Run, loaders: Loaders, sums: EpochSums, pseudo: float, log: Callable[[str], None]) -> None:
+def end_epoch(run: Run, loaders: Loaders, sums: EpochSums, pseudo: float, log: LogFn) -> None:
     """Record the finished epoch, score the evaluation folder when due, save and log."""
     config = run.config
     epoch = run.step // config.train.num_iterations_per_epoch  # 1-based: the epoch just finished
@@ -299,15 +300,19 @@ def train_and_evaluate(
     config: Config,
     *,
     resume: bool = False,
-    log: Callable[[str], None] = print,
-    progress: bool = True,
+    log: LogFn | None = None,
+    progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> dict[str, Any]:
     """Train per `config`, validating each epoch; checkpoints `latest` and `best` under output_dir.
 
-    should_stop(step) is asked after every step (default: was Ctrl-C pressed?); when True the run
-    saves `latest` and raises KeyboardInterrupt. Returns the last epoch's record.
+    log(line): one line per epoch and event (default: silent); progress(items, description, total)
+    wraps each epoch's steps (e.g. a progress bar); should_stop(step) is asked after every step
+    (default: was Ctrl-C pressed?) — when True the run saves `latest` and raises KeyboardInterrupt.
+    Returns the last epoch's record.
     """
+    log = log or (lambda line: None)
+    progress = progress or (lambda items, description, total: items)
     train_ids, val_ids = select_cases(config)
     mesh = make_mesh()
     check_devices(config, mesh)

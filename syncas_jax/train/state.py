@@ -12,7 +12,7 @@ from flax import serialization
 from flax.training import train_state
 
 from syncas_jax.common.precision import compute_dtype
-from syncas_jax.nets.unet import SynCASNet
+from syncas_jax.nets.unet import SynCASNet, build_model
 from syncas_jax.train.config import Config, TrainConfig
 
 
@@ -22,7 +22,7 @@ class TrainState(train_state.TrainState):
 
 def make_model(config: Config) -> SynCASNet:
     """The network of a training run, computing in the run's precision."""
-    return config.model.build(compute_dtype(config.train.precision, "train"))
+    return build_model(config.model, compute_dtype(config.train.precision, "train"))
 
 
 def learning_rate_schedule(train: TrainConfig) -> Callable[[jnp.ndarray], jnp.ndarray]:
@@ -36,11 +36,21 @@ def learning_rate_schedule(train: TrainConfig) -> Callable[[jnp.ndarray], jnp.nd
 
 
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
-    """Clip at global norm 12 → weight decay (PyTorch-style, added to the gradient) → SGD Nesterov 0.99."""
+    """Clip at global norm 12 → weight decay (PyTorch-style, added to the gradient) → SGD Nesterov 0.99
+    (or Adam with `optimizer` "adam"), both at the polynomial learning-rate schedule.
+
+    grad_clip_scope "unet" clips (and measures the norm of) the U-Net's gradients only, leaving the
+    projection heads' as they are (the reference clips its network's parameters only).
+    """
+    clip = optax.clip_by_global_norm(train.grad_clip_norm)
+    if train.grad_clip_scope == "unet":
+        clip = optax.masked(clip, lambda params: {name: name == "unet" for name in params})
     return optax.chain(
-        optax.clip_by_global_norm(train.grad_clip_norm),
+        clip,
         optax.add_decayed_weights(train.weight_decay),
-        optax.sgd(learning_rate_schedule(train), momentum=train.momentum, nesterov=True),
+        optax.sgd(learning_rate_schedule(train), momentum=train.momentum, nesterov=True)
+        if train.optimizer == "sgd"
+        else optax.adam(learning_rate_schedule(train)),
     )
 
 

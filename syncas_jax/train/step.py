@@ -20,7 +20,7 @@ import optax
 
 from syncas_jax.data.augment import AugmentConfig, augment_batch
 from syncas_jax.losses.contrastive import ContrastiveConfig, multi_tap_contrastive_loss
-from syncas_jax.losses.dice_ce import dice_ce_loss
+from syncas_jax.losses.dice_ce import SegmentationLossConfig, dice_ce_loss
 from syncas_jax.nets.unet import SynCASNet
 from syncas_jax.train.state import TrainState, variables
 
@@ -52,6 +52,7 @@ def loss_and_updates(
     model: SynCASNet,
     loss: ContrastiveConfig,
     negatives: tuple[int, int],
+    segmentation_loss: SegmentationLossConfig = SegmentationLossConfig(),
 ) -> tuple[jnp.ndarray, tuple[dict[str, jnp.ndarray], Any]]:
     """Total SynCAS loss of one batch in train mode; returns (loss, (metrics, new batch stats))."""
     label = batch["label"]
@@ -66,14 +67,17 @@ def loss_and_updates(
             batch_stats = updates["batch_stats"]
             outputs.append(out)
     (logits1, taps1), (logits2, taps2) = outputs
-    segmentation = 0.5 * (dice_ce_loss(logits1, target) + dice_ce_loss(logits2, target))
+    weight = segmentation_loss.ce_foreground_weight
+    segmentation = 0.5 * sum(dice_ce_loss(logits, target, foreground_weight=weight) for logits in (logits1, logits2))
 
     def head(tap: int) -> Callable[[jnp.ndarray], jnp.ndarray]:
         return lambda f: model.apply({"params": params}, f, tap, method=SynCASNet.project)
 
-    contrastive = multi_tap_contrastive_loss(
-        key, taps1, taps2, label, projections=[head(k) for k in range(4)], **loss.loss_kwargs(negatives)
-    )
+    contrastive = jnp.float32(0.0)
+    if loss.weight:  # static: a Dice + CE-only run (weight 0) does not sample or project anything
+        contrastive = multi_tap_contrastive_loss(
+            key, taps1, taps2, label, projections=[head(k) for k in range(4)], **loss.loss_kwargs(negatives)
+        )
     total = segmentation + loss.weight * contrastive
     return total, ({"loss": total, "dice_ce": segmentation, "contrastive": contrastive}, batch_stats)
 
@@ -87,6 +91,7 @@ def train_step(
     loss: ContrastiveConfig,
     negatives: tuple[int, int],
     augment: Augment | None = None,
+    segmentation_loss: SegmentationLossConfig = SegmentationLossConfig(),
     render: Render | None = None,
 ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
     """One optimisation step. `render(key, batch)` (online synthesis), then `augment(key, views, label)`
@@ -99,7 +104,14 @@ def train_step(
         batch = {"views": views, "label": label}
     grad_fn = jax.value_and_grad(loss_and_updates, has_aux=True)
     (_, (metrics, batch_stats)), grads = grad_fn(
-        state.params, state.batch_stats, batch, key_loss, model=model, loss=loss, negatives=negatives
+        state.params,
+        state.batch_stats,
+        batch,
+        key_loss,
+        model=model,
+        loss=loss,
+        negatives=negatives,
+        segmentation_loss=segmentation_loss,
     )
     return apply_finite_gradients(state, grads, batch_stats, metrics)
 
@@ -128,10 +140,17 @@ def jit_train_step(
     loss: ContrastiveConfig,
     negatives: tuple[int, int],
     augment: Augment | None = None,
+    segmentation_loss: SegmentationLossConfig = SegmentationLossConfig(),
     render: Render | None = None,
 ) -> StepFn:
-    """The jitted step for one (negatives, pseudo-negatives) setting; the state buffer is donated."""
-    step = functools.partial(train_step, model=model, loss=loss, negatives=negatives, augment=augment, render=render)
+    """The jitted step for one (negatives, pseudo-negatives) setting; the state buffer is donated.
+
+    render: online synthesis (`syncas_jax.data.online.OnlineRenderer`), or None for stored views.
+    """
+    step = functools.partial(
+        train_step, model=model, loss=loss, negatives=negatives, augment=augment,
+        segmentation_loss=segmentation_loss, render=render,
+    )  # fmt: skip
     return jax.jit(step, donate_argnums=(0,))
 
 

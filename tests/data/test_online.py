@@ -45,7 +45,7 @@ def test_crop_band_reads_the_full_slice_along_the_crop_rays():
 def renders():
     """Realistic renders of one case by both pipelines, after the same preprocessing: (offline, online, case)."""
     image, labels = cta_phantom((48, 96, 96))
-    offline = render_case(image, labels.astype(np.int16), 7, views=VIEWS, spacing=SPACING, chunk=16, offsets=False)
+    offline = render_case(image, labels.astype(np.int16), 7, views=VIEWS, spacing=SPACING, chunk=16, realistic=True)
     coronary = volume_from_array((labels == 128).astype(np.uint8), SPACING)
     ncct = preprocess_case([volume_from_array(v.image, SPACING) for v in offline], coronary, TARGET)
     case = preprocess_cta_case(volume_from_array(image, SPACING), volume_from_array(labels, SPACING), TARGET)

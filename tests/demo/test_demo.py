@@ -23,6 +23,12 @@ def test_demo_runs_end_to_end(tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "demo finished" in result.stdout
+    assert "held-out scans" in result.stdout and "clDice" in result.stdout  # the table is printed at the end
+    assert "realistic renders" in (out / "test_synth" / "synth.log").read_text()  # held-out = scanner-like
+    assert "training renders" in (out / "synth" / "synth.log").read_text()
+    trained = {p.name.split(".")[0] for p in (out / "cache").glob("*.views.npy")}
+    held_out = {p.name[: -len("_NCCT.nii.gz")] for p in (out / "test_ncct").glob("*_NCCT.nii.gz")}
+    assert trained and held_out and not trained & held_out  # never trained on
 
     predictions = sorted((out / "pred").glob("CA_*_NCCT.nii.gz"))
     assert len(predictions) == 1

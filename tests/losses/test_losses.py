@@ -42,6 +42,23 @@ def test_dice_ce_matches_torch_value_and_gradient():
     np.testing.assert_allclose(np.moveaxis(np.asarray(grad), -1, 1), logits_t.grad.numpy(), rtol=1e-4, atol=1e-7)
 
 
+def test_foreground_weighted_cross_entropy_is_torchs_weighted_mean():
+    """ce_foreground_weight w: the CE part is PyTorch's cross_entropy(weight=[1, w]); w = 1 is the plain loss."""
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(2, 4, 5, 6, 2)).astype(np.float32)
+    target = (rng.random((2, 4, 5, 6)) < 0.2).astype(np.int32)
+    logits_t = to_torch_channels_first(logits)
+    target_t = torch.from_numpy(target).long()
+    dice_term = ref.dice_ce_loss_torch(logits_t, target_t) - torch.nn.functional.cross_entropy(logits_t, target_t)
+    for w in (1.0, 7.5):
+        ce = torch.nn.functional.cross_entropy(logits_t, target_t, weight=torch.tensor([1.0, w]))
+        ours = float(dice_ce_loss(jnp.asarray(logits), jnp.asarray(target), foreground_weight=w))
+        np.testing.assert_allclose(ours, float(dice_term + ce), rtol=1e-5, atol=1e-6)
+    assert float(dice_ce_loss(jnp.asarray(logits), jnp.asarray(target))) == pytest.approx(
+        float(dice_ce_loss(jnp.asarray(logits), jnp.asarray(target), foreground_weight=1.0))
+    )
+
+
 def test_dice_ce_perfect_prediction_is_minus_one():
     target = np.zeros((2, 4, 4, 4), np.int32)
     target[:, 1:3, 1:3, 1:3] = 1

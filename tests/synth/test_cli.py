@@ -119,6 +119,27 @@ def test_run_renders_good_cases_and_reports_bad_ones(cta, first_run):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_realistic_renders_show_table_hu(cta, tmp_path):
+    """--realistic: large structures sit at their table HU in every view (training views move them by up to 200)."""
+    from scipy.ndimage import binary_erosion
+
+    good_only = tmp_path / "good"
+    good_only.mkdir()
+    for suffix in (".img.nii.gz", ".label.nii.gz"):
+        (good_only / f"phantom_000{suffix}").symlink_to(cta / f"phantom_000{suffix}")
+    out = tmp_path / "realistic"
+    assert main(["-i", str(good_only), "-o", str(out), "--views", "3", "--realistic"]) == 0
+    labels = read_volume(cta / "phantom_000.label.nii.gz", dtype=np.int16).array
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    interior = binary_erosion(labels == 5, structure=in_plane, iterations=2)  # liver, 55 HU, away from its border
+    assert interior.sum() > 100
+    for k in range(3):
+        view = read_volume(out / f"phantom_000.view{k}.img.nii.gz").array
+        assert abs(np.median(view[interior]) - 55.0) < 15.0, k
+    assert "realistic renders" in (out / "synth.log").read_text()
+
+
 def test_rerun_skips_done_cases_and_overwrite_is_deterministic(cta, first_run, capsys):
     out, _ = first_run
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("phantom_*")}

@@ -83,3 +83,33 @@ def test_missing_and_non_json_files(tmp_path):
 def test_negatives_double_after_half_the_epochs():
     config, _ = config_from_dict({"num_epochs": 10, "neg_per_anchor": 5, "pseudo_neg_per_anchor": 1})
     assert [config.negatives_at(e) for e in (0, 4, 5, 9)] == [(5, 1), (5, 1), (10, 2), (10, 2)]
+
+
+def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path, monkeypatch):
+    (tmp_path / "demo").mkdir()  # e.g. the demo's own output folder in the working directory
+    monkeypatch.chdir(tmp_path)
+    config, _ = load_config("demo")
+    assert config == load_config(CONFIGS / "demo.json")[0]
+
+
+def test_reference_config_reproduces_the_reference_codes_behaviour():
+    """reference.json: alpha 0.9 as the reference's file says, but its loss applies α 0.5 / τ 0.3; every
+    patch on foreground; the U-Net's gradients clipped only."""
+    config, _ = load_config("reference")
+    kwargs = config.loss.loss_kwargs((5, 1))
+    assert config.loss.alpha == 0.9 and kwargs["alpha"] == 0.5 and kwargs["temperature"] == 0.3
+    assert config.data.force_foreground and config.data.foreground_probability == 1.0
+    assert config.data.oversample_foreground_percent == 0.33  # kept as written, never acting
+    assert config.train.grad_clip_scope == "unet"
+    ours, _ = config_from_dict({"alpha": 0.9})
+    assert ours.loss.loss_kwargs((5, 1))["alpha"] == 0.9 and ours.data.foreground_probability == 0.33
+    with pytest.raises(InputError, match="'grad_clip_scope' must be one of"):
+        config_from_dict({"grad_clip_scope": "heads"})
+
+
+def test_segmentation_loss_key():
+    config, _ = config_from_dict({"ce_foreground_weight": 5})
+    assert config.segmentation.ce_foreground_weight == 5.0
+    assert config_from_dict({})[0].segmentation.ce_foreground_weight == 1.0  # the reference's plain mean
+    with pytest.raises(InputError, match="ce_foreground_weight must be > 0"):
+        config_from_dict({"ce_foreground_weight": 0})

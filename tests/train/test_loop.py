@@ -46,15 +46,15 @@ def final_params(run_dir: Path):
 def test_interrupted_run_resumes_bit_for_bit(cache):
     evaluation = {"evaluation_folder": str(cache / "evaluation"), "test_every": 2}
     straight = tiny_config(cache, "straight", **evaluation)
-    trainer.train_and_evaluate(straight, progress=False, log=lambda _: None)
+    trainer.train_and_evaluate(straight)
 
     interrupted = tiny_config(cache, "interrupted", **evaluation)
     with pytest.raises(KeyboardInterrupt):  # stopped after step 3 (the first of epoch 2)
-        trainer.train_and_evaluate(interrupted, progress=False, log=lambda _: None, should_stop=lambda step: step == 3)
+        trainer.train_and_evaluate(interrupted, should_stop=lambda step: step == 3)
     _, meta = final_params(Path(interrupted.train.output_dir))
     assert meta["step"] == 3 and meta["partial"]["count"] == 1
 
-    trainer.train_and_evaluate(interrupted, resume=True, progress=False, log=lambda _: None)
+    trainer.train_and_evaluate(interrupted, resume=True)
     a, meta_a = final_params(Path(straight.train.output_dir))
     b, meta_b = final_params(Path(interrupted.train.output_dir))
     assert meta_a["step"] == meta_b["step"] == 4
@@ -96,7 +96,7 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
 def test_empty_cache_is_a_clear_error(tmp_path):
     (tmp_path / "cache").mkdir()
     with pytest.raises(InputError, match="no preprocessed cases"):
-        trainer.train_and_evaluate(tiny_config(tmp_path, "run"), progress=False)
+        trainer.train_and_evaluate(tiny_config(tmp_path, "run"))
 
 
 def test_cli_bad_config_is_one_line(tmp_path, capsys):
@@ -200,8 +200,9 @@ def test_online_synthesis_run_resumes_bit_for_bit(tmp_path):
     for index in range(3):
         write_cta_case(tmp_path / "cta", f"cta{index}", (16, 40, 40))
     preprocess_cta_folder(tmp_path / "cta", tmp_path / "cache", (3.0, 0.8, 0.8))
+    # Dice + CE only (no contrastive sampling): what is tested here is the rendering's keys and the loader state.
     online = {"synthesis": "online", "spacing": [3.0, 0.8, 0.8], "patch_size": [8, 32, 32], "num_epochs": 1,
-              "num_iterations_per_epoch": 3, "oversample_foreground_percent": 1.0}  # fmt: skip
+              "num_iterations_per_epoch": 3, "oversample_foreground_percent": 1.0, "contrastive_weight": 0.0}  # fmt: skip
     straight = tiny_config(tmp_path, "straight", **online)
     trainer.train_and_evaluate(straight, progress=False, log=lambda _: None)
     interrupted = tiny_config(tmp_path, "interrupted", **online)

@@ -101,3 +101,50 @@ def test_training_augments_in_the_configured_spacing(tmp_path):
     steps = StepCache(restore_or_init(config, make_mesh(), resume=False, log=lambda _: None))
     assert steps.augment is not None
     assert steps.augment.keywords["config"] == AugmentConfig(spacing=(2.0, 0.5, 0.5))
+
+
+def test_unet_clip_scope_leaves_the_projection_heads_unclipped():
+    """grad_clip_scope "unet": the norm is taken over the U-Net alone and only its gradients are scaled."""
+    from syncas_jax.train.state import make_optimizer
+
+    grads = {"unet": {"w": jnp.full((4,), 30.0)}, "head0": {"w": jnp.full((4,), 100.0)}}  # |unet| = 60
+    params = jax.tree.map(jnp.zeros_like, grads)
+
+    def first_update(scope):
+        train = tiny(Path("/nonexistent"), grad_clip_scope=scope, weight_decay=0.0).train
+        optimizer = make_optimizer(train)
+        updates, _ = optimizer.update(grads, optimizer.init(params), params)
+        return jax.tree.map(np.asarray, updates)
+
+    unet_only, everything = first_update("unet"), first_update("all")
+    lr = 0.01  # TINY's initial_lr; SGD's first Nesterov step is -lr (1 + momentum) g
+    factor = -lr * (1 + 0.99)
+    np.testing.assert_allclose(unet_only["unet"]["w"], factor * 30.0 * 12.0 / 60.0, rtol=1e-5)
+    np.testing.assert_allclose(unet_only["head0"]["w"], factor * 100.0, rtol=1e-5)
+    total = np.sqrt(4 * 30.0**2 + 4 * 100.0**2)
+    np.testing.assert_allclose(everything["head0"]["w"], factor * 100.0 * 12.0 / total, rtol=1e-5)
+
+
+def test_force_foreground_puts_every_training_patch_on_a_coronary(tmp_path):
+    """A small vessel in one corner of a large volume: random patches miss it, forced ones never do."""
+    from syncas_jax.data.cache import PreprocessedCase, branch_labels, foreground_locations, write_cached_case
+    from syncas_jax.train.loop import make_loaders
+
+    shape = (20, 128, 128)
+    mask = np.zeros(shape, bool)
+    mask[2:18, 6:9, 6:9] = True
+    label = branch_labels(mask)
+    views = np.zeros((2, *shape), np.float32)
+    ids = ["corner0", "corner1"]
+    for case_id in ids:
+        case = PreprocessedCase(views, label, foreground_locations(label), {"num_views": 2})
+        write_cached_case(tmp_path / "cache", case_id, case)
+
+    def fraction_on_foreground(force: bool) -> float:
+        config = tiny(tmp_path, force_foreground=force, oversample_foreground_percent=0.0)
+        loaders = make_loaders(config, ids, ids, None)
+        hits = [(next(loaders.train)["label"] > 0).any(axis=(1, 2, 3)) for _ in range(8)]
+        return float(np.mean(hits))
+
+    assert fraction_on_foreground(True) == 1.0
+    assert fraction_on_foreground(False) < 0.5

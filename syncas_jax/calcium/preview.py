@@ -1,0 +1,74 @@
+"""Preview PNG of a calcium report: the axial slices with the most calcium, lesions coloured by weight."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from syncas_jax.common.files import atomic_path
+
+WINDOW_HU = (-250.0, 750.0)  # wide enough to tell calcium (≥ 130 HU) from soft tissue
+MAX_PANELS = 4
+MARGIN = 12
+WEIGHT_COLOURS = {1: (1.0, 0.9, 0.1), 2: (1.0, 0.55, 0.0), 3: (1.0, 0.1, 0.1), 4: (0.85, 0.1, 0.9)}
+
+
+def preview_slices(mask: np.ndarray, weights: np.ndarray, count: int = MAX_PANELS) -> list[int]:
+    """Up to `count` axial slices, ascending: those with the most lesion voxels, else the mask's middle slice."""
+    per_slice = np.count_nonzero(weights, axis=(1, 2))
+    if per_slice.any():
+        best = np.argsort(-per_slice, kind="stable")[: min(count, np.count_nonzero(per_slice))]
+        return sorted(int(z) for z in best)
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    return [int(zs[len(zs) // 2])] if zs.size else [mask.shape[0] // 2]
+
+
+def write_preview(
+    path: str | Path,
+    image_hu: np.ndarray,
+    mask: np.ndarray,
+    weights: np.ndarray,
+    spacing: Sequence[float],
+    title: str,
+) -> None:
+    """PNG: per chosen slice the CT (window −250..750 HU), the mask outline (cyan) and lesions by weight.
+
+    Arrays (Z, Y, X) in canonical orientation (rows anterior → posterior, columns patient right → left:
+    the radiological display); spacing (z, y, x) mm sets the pixel aspect.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    slices = preview_slices(mask, weights)
+    ys, xs = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
+    if ys.size:
+        rows = slice(max(ys[0] - MARGIN, 0), min(ys[-1] + MARGIN + 1, mask.shape[1]))
+        cols = slice(max(xs[0] - MARGIN, 0), min(xs[-1] + MARGIN + 1, mask.shape[2]))
+    else:
+        rows, cols = slice(0, mask.shape[1]), slice(0, mask.shape[2])
+    aspect = float(spacing[1]) / float(spacing[2])
+    fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 4.6), facecolor="white", squeeze=False)
+    for ax, z in zip(axes[0], slices):
+        ax.imshow(np.clip(image_hu[z, rows, cols], *WINDOW_HU), cmap="gray", aspect=aspect, interpolation="nearest")
+        inside = mask[z, rows, cols]
+        if inside.any() and not inside.all():
+            ax.contour(inside.astype(np.float32), levels=[0.5], colors=["cyan"], linewidths=0.8)
+        overlay = np.zeros((*inside.shape, 4))
+        for weight, colour in WEIGHT_COLOURS.items():
+            overlay[weights[z, rows, cols] == weight] = (*colour, 0.9)
+        ax.imshow(overlay, aspect=aspect, interpolation="nearest")
+        ax.set_title(f"axial slice {z}", fontsize=10)
+        ax.set_axis_off()
+    handles = [Patch(color="cyan", label="coronary mask")]
+    handles += [Patch(color=c, label=f"weight {w}") for w, c in WEIGHT_COLOURS.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0.07, 1, 0.94))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)

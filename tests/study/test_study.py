@@ -1,0 +1,63 @@
+"""The phantom study: arms differ only in their loss, the table is mean ± std over seeds, a tiny study runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from syncas_jax.study.__main__ import main, run_config
+from syncas_jax.study.arms import ARMS, METRICS, SIZES, format_table, summarize_runs, table_csv
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_arms_share_budget_and_data_and_differ_only_in_the_loss(tmp_path, size):
+    configs = {arm: run_config(tmp_path, SIZES[size], arm, seed=1) for arm in ARMS}
+    loss_keys = {"contrastive_weight", "branch_aware"}
+    for arm, raw in configs.items():
+        others = {k: v for k, v in raw.items() if k not in loss_keys | {"output_dir"}}
+        first = {k: v for k, v in configs["dice_ce"].items() if k not in loss_keys | {"output_dir"}}
+        assert others == first, arm
+        assert raw["seed"] == 1 and raw["data_dir"] == str(tmp_path / "data" / "cache")
+    assert configs["dice_ce"]["contrastive_weight"] == 0.0
+    assert configs["plain"]["branch_aware"] is False and configs["branch_aware"]["branch_aware"] is True
+    assert (
+        configs["plain"].get("contrastive_weight", 0.1) > 0
+        and configs["branch_aware"].get("contrastive_weight", 0.1) > 0
+    )
+
+
+def fake_run(arm, seed, dice):
+    cases = {f"c{i}": {m: dice + 0.01 * i for m in METRICS} for i in range(2)}
+    return {"arm": arm, "seed": seed, "cases": cases, "mean": {m: dice + 0.005 for m in METRICS}}
+
+
+def test_summary_is_mean_and_std_over_seeds():
+    runs = [fake_run("a", 0, 0.5), fake_run("a", 1, 0.7), fake_run("b", 0, 0.2)]
+    table = summarize_runs(runs)
+    assert table["a"]["dice"]["mean"] == pytest.approx(np.mean([0.505, 0.705]))
+    assert table["a"]["dice"]["std"] == pytest.approx(np.std([0.505, 0.705]))
+    assert table["b"]["dice"]["n"] == 1 and table["b"]["dice"]["std"] == 0.0
+    markdown = format_table(table)
+    assert markdown.splitlines()[2].startswith("| a | 0.605 ± 0.100")
+    assert len(table_csv(runs).splitlines()) == 1 + 3 * 3  # header, 2 cases + mean per run
+
+
+def test_tiny_study_end_to_end(tmp_path, capsys):
+    out = tmp_path / "study"
+    args = ["--size", "tiny", "-o", str(out), "--seeds", "0", "--arms", "dice_ce", "branch_aware"]
+    assert main(args) == 0
+    report = json.loads((out / "study.json").read_text())
+    assert set(report["arms"]) == {"dice_ce", "branch_aware"} and len(report["runs"]) == 2
+    for run in report["runs"]:
+        assert set(run["cases"]) == {"phantom_003"}  # the held-out phantom
+        assert 0.0 <= run["mean"]["dice"] <= 1.0
+    assert "| dice_ce |" in (out / "study.md").read_text()
+    assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "study.csv").read_text().startswith("arm,seed,case,dice")
+    results = sorted(out.glob("runs/*/result.json"))
+    stamps = [p.stat().st_mtime_ns for p in results]
+    assert main(args) == 0  # a rerun reuses every finished run
+    assert [p.stat().st_mtime_ns for p in results] == stamps
+    assert "| branch_aware |" in capsys.readouterr().out
