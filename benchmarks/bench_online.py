@@ -42,7 +42,7 @@ from syncas_jax.synth.engine import render_case
 from syncas_jax.synth.hu import reassign_hu
 from syncas_jax.synth.hu_table import REFERENCE
 from syncas_jax.synth.online import CROP_MARGIN
-from syncas_jax.synth.phantom import LEFT_VENTRICLE, make_phantom
+from syncas_jax.synth.phantom import LEFT_VENTRICLE, make_phantom, phantom_affine
 from syncas_jax.synth.plaques import draw_plaques, paint_plaques, plaque_box
 from syncas_jax.synth.texture import noise_std, nps_correlation, radial_nps, structure_means
 from syncas_jax.train.config import config_from_dict
@@ -60,10 +60,15 @@ def cta_case(shape, native, target, seed=1, slab=None):
         centre = int(np.argwhere(labels == LEFT_VENTRICLE)[:, 0].mean())
         start = int(np.clip(centre - slab // 2, 0, shape[0] - slab))
         image, labels = image[start : start + slab], labels[start : start + slab]
-    case = preprocess_cta_case(volume_from_array(image, native), volume_from_array(labels, native), target)
+    case = preprocess_cta_case(canonical(image, native), canonical(labels, native), target)
     geometry = CtaGeometry(tuple(target), case.sinogram.shape[2], len(case.centreline),
                            float(case.centreline[:, 3].max()), "reference")  # fmt: skip
     return image, labels, case, geometry
+
+
+def canonical(array: np.ndarray, spacing) -> object:
+    """A Volume in the phantom's (canonical) orientation, so the caches keep the phantom's array layout."""
+    return volume_from_array(array, spacing, phantom_affine(array.shape, spacing))
 
 
 def heart_origin(case, patch) -> np.ndarray:
@@ -215,8 +220,8 @@ def fidelity_case(args, native_inplane: float, offsets: bool, name: str, naive: 
     organs = case.organs[region]
 
     views = render_case(image, labels, 3, views=args.views, spacing=native, realistic=not offsets)
-    coronary = volume_from_array((labels == 128).astype(np.uint8), native)
-    ncct = preprocess_case([volume_from_array(v.image, native) for v in views], coronary, target)
+    coronary = canonical((labels == 128).astype(np.uint8), native)
+    ncct = preprocess_case([canonical(v.image, native) for v in views], coronary, target)
     offline = ncct.views[(slice(None), *region)] * 200 + 50
     emit(f"{name}_offline_seconds", time.perf_counter() - started)
 

@@ -1,8 +1,9 @@
 """The CTA cache: what online synthesis renders training views from (`python -m syncas_jax.preprocess --cta`).
 
 Input: the folder `synth` takes — per case ``{id}.img.nii.gz`` (CTA, HU) and ``{id}.label.nii.gz``
-(label map: TotalSegmentator ids, coronary 128). Per case, with the NCCT cache's crop and
-resampling rules (`syncas_jax.data.transforms`): crop to the nonzero region of the CTA, resample
+(label map: TotalSegmentator ids, coronary 128). Per case, with the NCCT cache's orientation, crop
+and resampling rules (`syncas_jax.data.orientation`, `syncas_jax.data.transforms`): reorient to the
+canonical axes, crop to the nonzero region of the CTA, resample
 to the target spacing (HU: third-order in-plane, nearest along a separate coarse axis; the label
 map: nearest; the coronary mask: as the NCCT cache resamples its label, so branch labels and
 foreground locations are the NCCT cache's), then store (layout: `syncas_jax.data.layout`):
@@ -49,6 +50,7 @@ from syncas_jax.data.cache import (
     read_properties,
 )
 from syncas_jax.data.layout import CACHE_FORMAT, PATCH_SIZE, TARGET_SPACING, cache_paths
+from syncas_jax.data.orientation import to_canonical
 from syncas_jax.data.transforms import (
     HU_CENTER,
     HU_CLIP,
@@ -160,6 +162,7 @@ def preprocess_cta_case(
     """
     table = get_table(hu_table)
     check_same_grid(image, label)
+    (image, move), (label, _) = to_canonical(image), to_canonical(label)
     ids = check_label_map(label, table)
     spacing = image.spacing
     cropped, cropped_ids, box = crop_to_nonzero(np.asarray(image.array, np.float32)[None], ids)
@@ -176,6 +179,7 @@ def preprocess_cta_case(
     properties = resampling_properties(image.array.shape, spacing, box, cropped.shape[1:], target_spacing, new_shape)
     properties.update(
         affine=np.asarray(image.affine, float).tolist(),
+        source_axcodes=list(move.source_axcodes),
         cache_kind=KIND,
         hu_table=hu_table,
         num_branches=int(branches.max()),

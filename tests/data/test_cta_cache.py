@@ -18,6 +18,7 @@ from syncas_jax.data.cta_cache import preprocess_cta_case, slice_noise_factor
 from syncas_jax.data.transforms import compute_new_shape, crop_to_nonzero, resample
 from syncas_jax.synth.hu import reassign_hu
 from syncas_jax.synth.hu_table import REFERENCE
+from syncas_jax.synth.phantom import phantom_affine
 from syncas_jax.train.config import config_from_dict
 from syncas_jax.train.loop import select_cases
 from tests.data.cases import write_case
@@ -29,10 +30,13 @@ TARGET = (3.0, 1.0, 1.0)  # z: 3-D cubic resize (no separate axis); in-plane 0.8
 def test_cta_case_shares_the_ncct_grid_and_holds_what_rendering_needs():
     image, labels = cta_phantom((12, 48, 48))
     image[:, :2] = 0  # a zero frame to crop
-    case = preprocess_cta_case(volume_from_array(image, SPACING), volume_from_array(labels, SPACING), TARGET)
-    ncct = preprocess_case(
-        [volume_from_array(image, SPACING)], volume_from_array((labels == 128).astype(np.uint8), SPACING), TARGET
-    )
+    affine = phantom_affine(image.shape, SPACING)  # stored in the canonical orientation: arrays compare as they are
+
+    def volume(array):
+        return volume_from_array(array, SPACING, affine)
+
+    case = preprocess_cta_case(volume(image), volume(labels), TARGET)
+    ncct = preprocess_case([volume(image)], volume((labels == 128).astype(np.uint8)), TARGET)
     np.testing.assert_array_equal(case.label, ncct.label)
     np.testing.assert_array_equal(case.foreground, ncct.foreground)
     for key in ("crop_bbox", "shape_after_crop", "shape_after_resample", "separate_axis"):

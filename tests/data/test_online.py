@@ -14,6 +14,7 @@ from syncas_jax.data.cta_loader import CtaGeometry, CtaPatchBatcher
 from syncas_jax.data.online import OnlineRenderer
 from syncas_jax.synth.ct import crop_band, crop_band_mask, detector_size, radon_transform
 from syncas_jax.synth.engine import render_case
+from syncas_jax.synth.phantom import phantom_affine
 from syncas_jax.synth.texture import noise_std, nps_correlation, radial_nps, structure_means
 from tests.data.cta_cases import LV_CENTRE, SPACING, cta_phantom
 
@@ -45,10 +46,14 @@ def test_crop_band_reads_the_full_slice_along_the_crop_rays():
 def renders():
     """Realistic renders of one case by both pipelines, after the same preprocessing: (offline, online, case)."""
     image, labels = cta_phantom((48, 96, 96))
+    affine = phantom_affine(image.shape, SPACING)  # canonical: the cached arrays keep the phantom's layout
+
+    def volume(array):
+        return volume_from_array(array, SPACING, affine)
+
     offline = render_case(image, labels.astype(np.int16), 7, views=VIEWS, spacing=SPACING, chunk=16, realistic=True)
-    coronary = volume_from_array((labels == 128).astype(np.uint8), SPACING)
-    ncct = preprocess_case([volume_from_array(v.image, SPACING) for v in offline], coronary, TARGET)
-    case = preprocess_cta_case(volume_from_array(image, SPACING), volume_from_array(labels, SPACING), TARGET)
+    ncct = preprocess_case([volume(v.image) for v in offline], volume((labels == 128).astype(np.uint8)), TARGET)
+    case = preprocess_cta_case(volume(image), volume(labels), TARGET)
     geometry = CtaGeometry(TARGET, case.sinogram.shape[2], len(case.centreline), float(case.centreline[:, 3].max()),
                            "reference")  # fmt: skip
     batcher = CtaPatchBatcher(PATCH, geometry)

@@ -202,7 +202,8 @@ def test_online_synthesis_run_resumes_bit_for_bit(tmp_path):
     preprocess_cta_folder(tmp_path / "cta", tmp_path / "cache", (3.0, 0.8, 0.8))
     # Dice + CE only (no contrastive sampling): what is tested here is the rendering's keys and the loader state.
     online = {"synthesis": "online", "spacing": [3.0, 0.8, 0.8], "patch_size": [8, 32, 32], "num_epochs": 1,
-              "num_iterations_per_epoch": 3, "oversample_foreground_percent": 1.0, "contrastive_weight": 0.0}  # fmt: skip
+              "num_iterations_per_epoch": 3, "oversample_foreground_percent": 1.0,
+              "contrastive_weight": 0.0}  # fmt: skip
     straight = tiny_config(tmp_path, "straight", **online)
     trainer.train_and_evaluate(straight, progress=False, log=lambda _: None)
     interrupted = tiny_config(tmp_path, "interrupted", **online)
