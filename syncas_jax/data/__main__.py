@@ -6,6 +6,9 @@ spacing and stores memory-mappable arrays, branch labels, foreground locations a
 undo properties per case (layout: `syncas_jax.data.layout`). Finished cases are
 skipped on re-runs; a bad case is reported and skipped; the exit status is 1 when any
 case failed, 2 on unusable arguments or folders.
+
+`--cta` builds the CTA cache for online synthesis instead (`syncas_jax.data.cta_cache`): the
+input is what `synth` takes (``{id}.img.nii.gz`` CTA + ``{id}.label.nii.gz`` label map).
 """
 
 from __future__ import annotations
@@ -17,15 +20,24 @@ from collections.abc import Sequence
 from syncas_jax.common.console import guarded, note, progress
 from syncas_jax.data.cache import CaseResult, preprocess_folder
 from syncas_jax.data.layout import TARGET_SPACING
+from syncas_jax.synth.hu_table import TABLES
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m syncas_jax.preprocess",
-        description="Preprocess synthetic NCCT cases into a memory-mapped training cache.",
+        description="Preprocess synthetic NCCT cases (or, with --cta, CTA cases) into a memory-mapped training cache.",
     )
     parser.add_argument(
         "-i", "--input", required=True, help="folder with {id}.view{k}.img.nii.gz and {id}.label.nii.gz"
+    )
+    parser.add_argument(
+        "--cta",
+        action="store_true",
+        help="build a CTA cache for online synthesis from {id}.img.nii.gz CTA + {id}.label.nii.gz label maps",
+    )
+    parser.add_argument(
+        "--hu-table", choices=sorted(TABLES), default="reference", help="label→HU table of a CTA cache (with --cta)"
     )
     parser.add_argument("-o", "--output", required=True, help="cache folder to create or complete")
     parser.add_argument(
@@ -47,15 +59,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.spacing) <= 0:
         build_parser().error("--spacing values must be positive")
     workers = max(1, args.workers)
-    results = preprocess_folder(
-        args.input,
-        args.output,
-        args.spacing,
-        workers=workers,
-        overwrite=args.overwrite,
-        on_result=report,
-        progress=progress,
-    )
+    if args.cta:
+        from syncas_jax.data.cta_cache import preprocess_cta_folder
+
+        results = preprocess_cta_folder(
+            args.input, args.output, args.spacing, workers, args.overwrite, args.hu_table,
+            on_result=report, progress=progress,
+        )  # fmt: skip
+    else:
+        results = preprocess_folder(
+            args.input,
+            args.output,
+            args.spacing,
+            workers=workers,
+            overwrite=args.overwrite,
+            on_result=report,
+            progress=progress,
+        )
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     print(f"preprocessed {counts['done']}, skipped {counts['skipped']} (already cached), failed {counts['failed']}")
     for result in results:

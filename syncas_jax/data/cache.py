@@ -136,15 +136,22 @@ def write_cached_case(cache_dir: str | os.PathLike, case_id: str, case: Preproce
     write_json({**case.properties, "case_id": case_id, "cache_format": CACHE_FORMAT}, paths["properties"])
 
 
-def is_cached(cache_dir: str | os.PathLike, case_id: str) -> bool:
+def is_cached(cache_dir: str | os.PathLike, case_id: str, kind: str = "ncct") -> bool:
     """True when every file of the case exists (properties written last)."""
-    return all(p.exists() for p in cache_paths(cache_dir, case_id).values())
+    return all(p.exists() for p in cache_paths(cache_dir, case_id, kind).values())
 
 
-def cached_case_ids(cache_dir: str | os.PathLike) -> list[str]:
+def cached_case_ids(cache_dir: str | os.PathLike, kind: str = "ncct") -> list[str]:
     """Sorted ids of the finished cases in a cache folder."""
     ids = (p.name[: -len(".json")] for p in Path(cache_dir).glob("*.json") if p.name != "dataset.json")
-    return sorted(i for i in ids if is_cached(cache_dir, i))
+    return sorted(i for i in ids if is_cached(cache_dir, i, kind))
+
+
+def cache_kind(cache_dir: str | os.PathLike) -> str:
+    """"ncct" or "cta" as dataset.json says; "ncct" for a folder without dataset.json (or without the key)."""
+    if not (Path(cache_dir) / "dataset.json").exists():
+        return "ncct"
+    return str(read_dataset_info(cache_dir).get("kind", "ncct"))
 
 
 def read_properties(cache_dir: str | os.PathLike, case_id: str) -> dict[str, Any]:
@@ -173,6 +180,7 @@ def write_dataset_info(cache_dir: str | os.PathLike, target_spacing: Sequence[fl
     counts = sorted(set(views.values()))
     info = {
         "cache_format": CACHE_FORMAT,
+        "kind": "ncct",
         "spacing": [float(s) for s in target_spacing],
         "axis_order": "zyx",
         "num_views": counts[0] if len(counts) == 1 else counts,
@@ -270,33 +278,43 @@ def preprocess_folder(
     *,
     on_result: Callable[[CaseResult], None] | None = None,
     progress: Callable[[Iterable[Any], str, int], Iterable[Any]] | None = None,
+    kind: str = "ncct",
+    process: Callable[..., CaseResult] | None = None,
+    write_info: Callable[[str | os.PathLike, Sequence[float]], dict[str, Any]] | None = None,
 ) -> list[CaseResult]:
     """Preprocess every case of `input_dir` into the cache `output_dir`, in parallel over cases.
 
     Finished cases are skipped unless `overwrite`; a failing case is reported in its
     CaseResult and never stops the others. dataset.json is rewritten at the end.
     on_result: called with each CaseResult as it finishes; progress(items, name, total): wraps the case loop.
-    Raises InputError when the folder has no cases or the cache was made with another spacing.
+    kind, process(files, output_dir, spacing, overwrite), write_info(output_dir, spacing): the cache kind
+    and how its cases and dataset.json are made (default: the NCCT cache; see `cta_cache`).
+    Raises InputError when the folder has no cases or the cache was made with another spacing or kind.
     """
+    process = process or process_case_files
+    write_info = write_info or write_dataset_info
     cases = find_cases(input_dir)
     if not cases:
         raise InputError(input_dir, "no cases found (expected {id}.label.nii.gz with {id}.view0.img.nii.gz)")
     output_dir = Path(output_dir)
     info_path = output_dir / "dataset.json"
     if info_path.exists() and not overwrite:
-        old = read_dataset_info(output_dir).get("spacing")
+        old_info = read_dataset_info(output_dir)
+        old = old_info.get("spacing")
         if old is not None and not np.allclose(old, target_spacing):
             raise InputError(info_path, f"cache made with spacing {old}; use --overwrite or another output folder")
+        if old_info.get("kind", "ncct") != kind:
+            raise InputError(info_path, f"holds a {old_info.get('kind', 'ncct')} cache, not {kind}; use another folder")
     output_dir.mkdir(parents=True, exist_ok=True)
     wrap = progress or (lambda items, name, total: items)
     results: list[CaseResult] = []
     args = (output_dir, tuple(float(s) for s in target_spacing), overwrite)
     if workers <= 1:
-        finished: Iterable[CaseResult] = (process_case_files(files, *args) for files in cases)
+        finished: Iterable[CaseResult] = (process(files, *args) for files in cases)
         pool = None
     else:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        futures = [pool.submit(process_case_files, files, *args) for files in cases]
+        futures = [pool.submit(process, files, *args) for files in cases]
         finished = (future.result() for future in as_completed(futures))
     try:
         for result in wrap(finished, "preprocess", len(cases)):
@@ -306,5 +324,5 @@ def preprocess_folder(
     finally:
         if pool is not None:
             pool.shutdown()
-    write_dataset_info(output_dir, target_spacing)
+    write_info(output_dir, target_spacing)
     return sorted(results, key=lambda r: r.case_id)

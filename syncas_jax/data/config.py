@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from syncas_jax.data.layout import PATCH_SIZE, TARGET_SPACING
 
+SYNTHESIS = ("offline", "online")
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -14,7 +16,9 @@ class DataConfig:
     batch_size: global batch (all devices); oversample_foreground_percent: chance that a patch is
     centred on a coronary voxel; force_foreground: every patch is (the reference's loader hard-codes
     force_fg = True, so its oversample_foreground_percent never acts); val_fraction / val_cases: the
-    validation split; workers: grain worker processes (0 = in the training process)."""
+    validation split; workers: grain worker processes (0 = in the training process); synthesis:
+    "offline" trains on the views of an NCCT cache, "online" renders two new views of every patch
+    inside the train step from a CTA cache (`python -m syncas_jax.preprocess --cta`; `data.online`)."""
 
     data_dir: str = "cache"
     patch_size: tuple[int, int, int] = PATCH_SIZE
@@ -25,6 +29,7 @@ class DataConfig:
     val_fraction: float = 0.2
     val_cases: tuple[str, ...] | None = None
     workers: int = 2
+    synthesis: str = "offline"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -39,6 +44,8 @@ class DataConfig:
             raise ValueError("val_fraction must be in [0, 1)")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.synthesis not in SYNTHESIS:
+            raise ValueError(f"synthesis must be one of {SYNTHESIS}, got {self.synthesis!r}")
 
     @property
     def foreground_probability(self) -> float:

@@ -45,6 +45,18 @@ from syncas_jax.data.layout import IMAGE_PAD, LABEL_PAD, PATCH_SIZE, cache_paths
 _OPEN_LOCK = threading.Lock()
 
 
+def open_cached(path: str | os.PathLike) -> np.ndarray:
+    """Memory map of a cached .npy array (nothing read yet); InputError naming the file if it cannot be opened."""
+    try:
+        # np.load parses the .npy header with ast.literal_eval, which CPython 3.11 (≤ 3.11.7 at least)
+        # can crash on when threads call it at once ("AST constructor recursion depth mismatch");
+        # grain's read threads would. Opening is cheap; the voxels are read later, outside the lock.
+        with _OPEN_LOCK:
+            return np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as error:
+        raise InputError(path, f"cannot memory-map cached array ({error})") from None
+
+
 class CacheSource:
     """grain random-access source: item i = memory maps of case `case_ids[i]` (nothing read yet)."""
 
@@ -66,15 +78,7 @@ class CacheSource:
         self.num_views = views.pop()
 
     def _open(self, case_id: str, kind: str) -> np.ndarray:
-        path = cache_paths(self.cache_dir, case_id)[kind]
-        try:
-            # np.load parses the .npy header with ast.literal_eval, which CPython 3.11 (≤ 3.11.7 at least)
-            # can crash on when threads call it at once ("AST constructor recursion depth mismatch");
-            # grain's read threads would. Opening is cheap; the voxels are read later, outside the lock.
-            with _OPEN_LOCK:
-                return np.load(path, mmap_mode="r")
-        except (OSError, ValueError) as error:
-            raise InputError(path, f"cannot memory-map cached array ({error})") from None
+        return open_cached(cache_paths(self.cache_dir, case_id)[kind])
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -141,6 +145,19 @@ def patch_origin(
     return rng.integers(low, high + 1)
 
 
+def window_slices(
+    origin: Sequence[int], size: Sequence[int], shape: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...], bool]:
+    """(source slices in the volume, destination slices in the window, whether the window lies wholly
+    inside) for a window of `size` at `origin` (may reach outside) of a volume of `shape`."""
+    src, dst = [], []
+    for lo, n, extent in zip(origin, size, shape):
+        a, b = min(max(lo, 0), extent), max(min(lo + n, extent), 0)
+        src.append(slice(a, max(a, b)))
+        dst.append(slice(a - lo, a - lo + max(b - a, 0)))
+    return tuple(src), tuple(dst), all(d.stop - d.start == n for d, n in zip(dst, size))
+
+
 def fill_patch(
     views: np.ndarray,
     label: np.ndarray,
@@ -150,17 +167,12 @@ def fill_patch(
 ) -> None:
     """Copy the patch at `origin` of views (V, Z, Y, X) and label (Z, Y, X) into out_views (V, *patch)
     and out_label (*patch); voxels outside the volume become 0 and -1."""
-    patch_size = out_label.shape
-    src, dst = [], []
-    for lo, size, extent in zip(origin, patch_size, label.shape):
-        a, b = min(max(lo, 0), extent), max(min(lo + size, extent), 0)
-        src.append(slice(a, max(a, b)))
-        dst.append(slice(a - lo, a - lo + max(b - a, 0)))
-    if any(d.stop - d.start != n for d, n in zip(dst, patch_size)):
+    src, dst, inside = window_slices(origin, out_label.shape, label.shape)
+    if not inside:
         out_views[...] = IMAGE_PAD
         out_label[...] = LABEL_PAD
     out_views[(slice(None), *dst)] = views[(slice(None), *src)]
-    out_label[tuple(dst)] = label[tuple(src)]
+    out_label[dst] = label[src]
 
 
 def extract_patch(
@@ -190,7 +202,7 @@ class PatchPlanner(grain.transforms.RandomMap):
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
         force = rng.random() < self.oversample_foreground
         origin = patch_origin(element["label"].shape, self.patch_size, rng, element["fg"] if force else None)
-        return {"views": element["views"], "label": element["label"], "origin": origin}
+        return {**{k: v for k, v in element.items() if k != "fg"}, "origin": origin}
 
 
 class PatchBatcher:
@@ -275,12 +287,14 @@ def _pipeline(
     shard_index: int,
     shard_count: int,
     start_batch: int = 0,
+    batch_fn: PatchBatcher | None = None,
 ) -> grain.IterDataset:
     """Plan every item of `ds` by its own index, then this shard's batches (global `batch_size`)."""
     ds = ds.random_map(PatchPlanner(patch_size, oversample_foreground))
     ds = ShardBatches(ds, batch_size, shard_index, shard_count, start_batch)
     read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4)
-    it = ds.to_iter_dataset(read).batch(1, batch_fn=PatchBatcher(patch_size))  # one group → one batch
+    batch_fn = batch_fn or PatchBatcher(patch_size)
+    it = ds.to_iter_dataset(read).batch(1, batch_fn=batch_fn)  # one group → one batch
     if workers > 0:
         _absl_flags_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
@@ -300,6 +314,8 @@ def make_train_loader(
     shard_index: int = 0,
     shard_count: int = 1,
     start_batch: int = 0,
+    source: Any = None,
+    batch_fn: PatchBatcher | None = None,
 ) -> grain.IterDataset:
     """Endless training batches {"views": float32 (L, V, *patch), "label": int16 (L, *patch)}.
 
@@ -308,12 +324,15 @@ def make_train_loader(
     step). `iter(loader)` gives a grain DatasetIterator: ``get_state()`` returns a JSON-able dict,
     ``set_state(state)`` resumes exactly. workers: worker processes (0 = in this process);
     threads: read threads per worker. The batches do not depend on workers or threads.
+    source, batch_fn: another cache's source and batcher (the CTA cache: `syncas_jax.data.cta_loader`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
-    ds = EpochShuffle(grain.MapDataset.source(CacheSource(cache_dir, case_ids)), seed).seed(seed)
+    source = CacheSource(cache_dir, case_ids) if source is None else source
+    ds = EpochShuffle(grain.MapDataset.source(source), seed).seed(seed)
     return _pipeline(
-        ds, patch_size, batch_size, oversample_foreground, workers, threads, shard_index, shard_count, start_batch
+        ds, patch_size, batch_size, oversample_foreground, workers, threads, shard_index, shard_count, start_batch,
+        batch_fn,
     )
 
 
@@ -330,16 +349,21 @@ def make_val_loader(
     threads: int = 2,
     shard_index: int = 0,
     shard_count: int = 1,
+    source: Any = None,
+    batch_fn: PatchBatcher | None = None,
 ) -> grain.IterDataset:
     """Finite, identical on every pass: `num_batches` global batches of patches cycling through the cases in order.
 
     num_batches: default ceil(len(case_ids) / batch_size), every case at least once. A shard yields
-    its slice of each global batch, as `make_train_loader`.
+    its slice of each global batch, as `make_train_loader`. source, batch_fn: as `make_train_loader`.
     """
     if num_batches is None:
         num_batches = math.ceil(len(case_ids) / batch_size)
-    ds = grain.MapDataset.source(CacheSource(cache_dir, case_ids)).repeat()[: num_batches * batch_size].seed(seed)
-    return _pipeline(ds, patch_size, batch_size, oversample_foreground, workers, threads, shard_index, shard_count)
+    source = CacheSource(cache_dir, case_ids) if source is None else source
+    ds = grain.MapDataset.source(source).repeat()[: num_batches * batch_size].seed(seed)
+    return _pipeline(
+        ds, patch_size, batch_size, oversample_foreground, workers, threads, shard_index, shard_count, 0, batch_fn
+    )
 
 
 def split_cases(case_ids: Sequence[str], val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:

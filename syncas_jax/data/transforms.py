@@ -36,10 +36,14 @@ ANISOTROPY_THRESHOLD = 3.0
 # --------------------------------------------------------------------------- intensity
 
 
+def window_ct(hu: Any) -> Any:
+    """(hu.clip(-150, 250) - 50) / 200 of a numpy or JAX float array (online synthesis windows on device)."""
+    return (hu.clip(*HU_CLIP) - HU_CENTER) / HU_SCALE
+
+
 def normalize_ct(hu: np.ndarray) -> np.ndarray:
     """HU → float32 (hu.clip(-150, 250) - 50) / 200, values in [-1, 1]."""
-    clipped = np.clip(np.asarray(hu, dtype=np.float32), *HU_CLIP)
-    return ((clipped - np.float32(HU_CENTER)) / np.float32(HU_SCALE)).astype(np.float32)
+    return window_ct(np.asarray(hu, dtype=np.float32)).astype(np.float32)
 
 
 # -------------------------------------------------------------------------------- crop
@@ -180,17 +184,29 @@ def preprocess_hu(
     data = resample(normalize_ct(cropped), new_shape, spacing, target_spacing).astype(np.float32)
     if cropped_mask is not None:
         cropped_mask = resample((cropped_mask > 0).astype(np.uint8), new_shape, spacing, target_spacing, is_label=True)
-    properties = {
+    properties = resampling_properties(hu.shape[1:], spacing, box, cropped.shape[1:], target_spacing, new_shape)
+    return data, cropped_mask, properties
+
+
+def resampling_properties(
+    original_shape: Sequence[int],
+    spacing: Sequence[float],
+    box: list[list[int]],
+    cropped_shape: Sequence[int],
+    target_spacing: Sequence[float],
+    new_shape: Sequence[int],
+) -> dict[str, Any]:
+    """What `restore_to_original` needs to undo a crop to `box` and a resampling to `new_shape`."""
+    return {
         "axis_order": "zyx",
-        "original_shape": [int(n) for n in hu.shape[1:]],
+        "original_shape": [int(n) for n in original_shape],
         "original_spacing": [float(s) for s in spacing],
         "crop_bbox": box,
-        "shape_after_crop": [int(n) for n in cropped.shape[1:]],
+        "shape_after_crop": [int(n) for n in cropped_shape],
         "target_spacing": [float(s) for s in target_spacing],
         "shape_after_resample": [int(n) for n in new_shape],
         "separate_axis": separate_axis(spacing, target_spacing),
     }
-    return data, cropped_mask, properties
 
 
 def restore_to_original(

@@ -165,6 +165,39 @@ def radon_transform(image: jnp.ndarray, theta: jnp.ndarray | None = None, method
     return sino.reshape(sino.shape[:2] + batch)
 
 
+def crop_ray_shift(centre_offset: jnp.ndarray, theta: jnp.ndarray | None = None) -> jnp.ndarray:
+    """Detector shift (A,) in bins from a crop's rays to the full slice's: ray t of the crop is ray
+    t + dx·cosθ − dy·sinθ of the full slice, where centre_offset = (dy, dx) is the crop's centre
+    pixel (h//2, w//2) minus the full slice's (H//2, W//2), in pixels."""
+    theta = default_angles() if theta is None else jnp.asarray(theta, jnp.float32)
+    dy, dx = jnp.asarray(centre_offset, jnp.float32)
+    return dx * jnp.cos(theta) - dy * jnp.sin(theta)
+
+
+def crop_band(full: jnp.ndarray, centre_offset: jnp.ndarray, n_bins: int, theta: jnp.ndarray | None = None):
+    """The full slice's line integrals along a crop's rays: (A, S_full, B) → (A, n_bins, B).
+
+    full: sinograms of whole slices, detector bin s at t = s − S_full//2; n_bins: the crop's
+    detector size; linear interpolation between bins, zero beyond the full detector.
+    """
+    shift = crop_ray_shift(centre_offset, theta)
+    s_full = full.shape[1]
+    t = jnp.arange(n_bins, dtype=jnp.float32) - n_bins // 2
+    position = t[None, :] + shift[:, None] + s_full // 2  # (A, n_bins)
+    inside = (position >= 0) & (position <= s_full - 1)
+    position = jnp.where(inside, position, -2.0)
+    return jax.vmap(_lerp_rows)(full, position)
+
+
+def crop_band_mask(
+    s_full: int, centre_offset: jnp.ndarray, n_bins: int, theta: jnp.ndarray | None = None
+) -> jnp.ndarray:
+    """Bool (A, s_full): bins of the full detector within one bin of the crop's band (see `crop_band`)."""
+    shift = crop_ray_shift(centre_offset, theta)
+    t = jnp.arange(s_full, dtype=jnp.float32)[None, :] - s_full // 2 - shift[:, None]
+    return (t >= -(n_bins // 2) - 1) & (t <= n_bins - n_bins // 2)
+
+
 def ramp_filter(size: int) -> np.ndarray:
     """scikit-image's ramp filter in Fourier space, shape (size,), from the band-limited spatial kernel."""
     n = np.concatenate((np.arange(1, size / 2 + 1, 2, dtype=int), np.arange(size / 2 - 1, 0, -2, dtype=int)))
@@ -241,16 +274,27 @@ def poisson_counts(key: jax.Array, mean: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(mean < POISSON_EXACT_BELOW, count, large)
 
 
+def add_poisson_noise_in_window(
+    sinogram: jnp.ndarray, key: jax.Array, photons: jnp.ndarray | float, low: jnp.ndarray, high: jnp.ndarray
+) -> jnp.ndarray:
+    """Photon noise on one sinogram (A, S) whose values `low`…`high` map to 0…`photons` counts.
+
+    Shift by −low, scale by photons / (high − low), draw Poisson counts, scale and shift back.
+    With high == low the sinogram is returned unchanged. `add_poisson_noise` uses the
+    sinogram's own min and max; online synthesis passes those of the whole slice.
+    """
+    span = high - low
+    scale = jnp.where(span > 0, photons / jnp.where(span > 0, span, 1.0), 0.0)
+    counts = poisson_counts(key, (sinogram - low) * scale)
+    return jnp.where(span > 0, counts / jnp.where(scale > 0, scale, 1.0) + low, sinogram)
+
+
 def add_poisson_noise(sinogram: jnp.ndarray, key: jax.Array, photons: jnp.ndarray | float) -> jnp.ndarray:
     """Photon noise on one sinogram (A, S): shift min to 0, scale max to `photons`, Poisson, undo.
 
     A constant sinogram is returned unchanged.
     """
-    low, high = sinogram.min(), sinogram.max()
-    span = high - low
-    scale = jnp.where(span > 0, photons / jnp.where(span > 0, span, 1.0), 0.0)
-    counts = poisson_counts(key, (sinogram - low) * scale)
-    return jnp.where(span > 0, counts / jnp.where(scale > 0, scale, 1.0) + low, sinogram)
+    return add_poisson_noise_in_window(sinogram, key, photons, sinogram.min(), sinogram.max())
 
 
 def draw_photons(key: jax.Array) -> jnp.ndarray:
@@ -280,24 +324,50 @@ def gaussian_blur(image: jnp.ndarray, sigma: float) -> jnp.ndarray:
     return out
 
 
+def project(stack: jnp.ndarray, method: str = "joseph") -> jnp.ndarray:
+    """First half of the acquisition: blur σ 0.5 → Radon at 0…179°, (H, W, *batch) HU → (A, S, *batch)."""
+    return radon_transform(gaussian_blur(jnp.asarray(stack, jnp.float32), SIGMA_BEFORE), method=method)
+
+
+def noisy_sinograms(
+    sinograms: jnp.ndarray,
+    keys: jax.Array,
+    low: jnp.ndarray,
+    high: jnp.ndarray,
+    photon_scale: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """Photon noise on a batch of sinograms (A, S, B), one key per slice (B,), windows low/high (B,).
+
+    Per slice the key splits into (photon-count key, noise key); the photon count is drawn
+    uniformly in [1e4, 1e5] and multiplied by photon_scale (B,) when given.
+    """
+
+    def noisy(sinogram: jnp.ndarray, key: jax.Array, lo: jnp.ndarray, hi: jnp.ndarray, scale: jnp.ndarray):
+        count_key, noise_key = jax.random.split(key)
+        photons = draw_photons(count_key) if photon_scale is None else draw_photons(count_key) * scale
+        return add_poisson_noise_in_window(sinogram, noise_key, photons, lo, hi)
+
+    scale = jnp.ones(keys.shape, jnp.float32) if photon_scale is None else photon_scale
+    return jax.vmap(noisy, in_axes=(-1, 0, 0, 0, 0), out_axes=-1)(sinograms, keys, low, high, scale)
+
+
+def reconstruct(sinograms: jnp.ndarray, output_shape: tuple[int, int]) -> jnp.ndarray:
+    """Second half of the acquisition: ramp FBP → blur σ 2, (A, S, *batch) → (H, W, *batch) HU."""
+    return gaussian_blur(fbp_reconstruct(sinograms, output_shape), SIGMA_AFTER)
+
+
 @partial(jax.jit, static_argnames=("method",))
 def simulate_slices(slices: jnp.ndarray, keys: jax.Array, method: str = "joseph") -> jnp.ndarray:
     """CT acquisition of a batch of axial slices (B, H, W) in HU with one key per slice (B,) → (B, H, W) HU.
 
     Per slice: blur σ 0.5 → Radon at 0…179° → Poisson noise at a photon count drawn uniformly
-    in [1e4, 1e5] → ramp FBP → blur σ 2. Each slice's result depends only on its pixels and key.
+    in [1e4, 1e5], relative to the slice's own sinogram min and max → ramp FBP → blur σ 2.
+    Each slice's result depends only on its pixels and key.
     """
     h, w = slices.shape[1:]
-    stack = jnp.moveaxis(jnp.asarray(slices, jnp.float32), 0, -1)  # (H, W, B)
-    sino = radon_transform(gaussian_blur(stack, SIGMA_BEFORE), method=method)
-
-    def noisy(sinogram: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
-        count_key, noise_key = jax.random.split(key)
-        return add_poisson_noise(sinogram, noise_key, draw_photons(count_key))
-
-    sino = jax.vmap(noisy, in_axes=(-1, 0), out_axes=-1)(sino, keys)
-    image = gaussian_blur(fbp_reconstruct(sino, (h, w)), SIGMA_AFTER)
-    return jnp.moveaxis(image, -1, 0)
+    sino = project(jnp.moveaxis(jnp.asarray(slices, jnp.float32), 0, -1), method)  # (A, S, B)
+    sino = noisy_sinograms(sino, keys, sino.min(axis=(0, 1)), sino.max(axis=(0, 1)))
+    return jnp.moveaxis(reconstruct(sino, (h, w)), -1, 0)
 
 
 def simulate_acquisition(image: jnp.ndarray, key: jax.Array, method: str = "joseph") -> jnp.ndarray:

@@ -36,11 +36,19 @@ def case_seed(global_seed: int, case_id: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def view_keys(seed: int, view: int) -> tuple[jax.Array, np.random.Generator]:
-    """The JAX key (HU offsets, acquisition) and numpy generator (plaques) of one view of a case."""
+PLAQUE_STREAM = 2  # fold_in tag of a view's plaque key
+
+
+def view_keys(seed: int, view: int) -> jax.Array:
+    """The JAX key of one view of a case (see `split_view_key`)."""
     words = np.array([(seed >> 32) & 0xFFFFFFFF, seed & 0xFFFFFFFF], np.uint32)
-    key = jax.random.fold_in(jax.random.wrap_key_data(words), view)
-    return key, np.random.default_rng([seed, view])
+    return jax.random.fold_in(jax.random.wrap_key_data(words), view)
+
+
+def split_view_key(key: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(HU offsets, acquisition, plaques) keys of one view; offline and online synthesis both use it."""
+    hu_key, ct_key = jax.random.split(key)
+    return hu_key, ct_key, jax.random.fold_in(key, PLAQUE_STREAM)
 
 
 def render_view(
@@ -64,12 +72,11 @@ def render_view(
     coronary = np.asarray(labels) == CORONARY_ID
     if centreline is None:
         centreline = coronary_centreline(coronary, spacing)
-    key, rng = view_keys(seed, view)
-    hu_key, ct_key = jax.random.split(key)
+    hu_key, ct_key, plaque_key = split_view_key(view_keys(seed, view))
     labels = np.asarray(labels, np.int16)
     reassigned = np.asarray(reassign_hu(np.asarray(image, np.float32), labels, hu_key, table, not realistic))
     acquired = simulate_volume(reassigned, ct_key, chunk=chunk)
-    final, records = insert_plaques(acquired, coronary, centreline, spacing, rng)
+    final, records = insert_plaques(acquired, coronary, centreline, spacing, plaque_key)
     return View(final, records)
 
 
@@ -84,7 +91,10 @@ def render_case(
     chunk: int = 32,
     realistic: bool = False,
 ) -> list[View]:
-    """Render `views` independent synthetic NCCT views of a CTA case (image HU, labels int, both (Z, Y, X))."""
+    """Render `views` independent synthetic NCCT views of a CTA case (image HU, labels int, both (Z, Y, X)).
+
+    realistic: every structure at its table HU (see `render_view`).
+    """
     centreline = coronary_centreline(np.asarray(labels) == CORONARY_ID, spacing)
     return [
         render_view(

@@ -128,7 +128,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "ce_foreground_weight": ("segmentation", "ce_foreground_weight"),
     **{name: ("data", name) for name in ("data_dir", "patch_size", "spacing", "batch_size",
                                          "oversample_foreground_percent", "force_foreground", "val_fraction",
-                                         "val_cases", "workers")},
+                                         "val_cases", "workers", "synthesis")},
     "augmentated": ("augment", "enabled"),  # the reference's spelling
     **{f.name: ("train", f.name) for f in dataclasses.fields(TrainConfig)},
 }  # fmt: skip

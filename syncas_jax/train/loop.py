@@ -50,7 +50,16 @@ from syncas_jax.train.state import (
     state_from_tree,
     state_tree,
 )
-from syncas_jax.train.step import StepFn, jit_train_step, jit_validation_counts, make_augment, pseudo_dice, step_key
+from syncas_jax.train.step import (
+    StepFn,
+    jit_train_step,
+    jit_validation_counts,
+    make_augment,
+    pseudo_dice,
+    step_key,
+    validation_key,
+)
+from syncas_jax.train.synthesis import check_cache_kind, loader_parts, online_renderers, wanted_cache
 
 StopFn = Callable[[int], bool]  # called with the global step after each step; True stops the run
 LogFn = Callable[[str], None]
@@ -89,7 +98,8 @@ class Run:
 def select_cases(config: Config) -> tuple[list[str], list[str]]:
     """(train ids, validation ids) from the cache: explicit val_cases, else a seeded val_fraction split."""
     data = config.data
-    case_ids = cached_case_ids(data.data_dir) if Path(data.data_dir).is_dir() else []
+    check_cache_kind(config)
+    case_ids = cached_case_ids(data.data_dir, wanted_cache(config)) if Path(data.data_dir).is_dir() else []
     if not case_ids:
         raise InputError(data.data_dir, "no preprocessed cases found (run python -m syncas_jax.preprocess first)")
     if data.val_cases:
@@ -170,6 +180,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], step:
     """This process's share of the training stream from global batch `step` on, and of the validation batches."""
     data = config.data
     shard = {"shard_index": jax.process_index(), "shard_count": jax.process_count()}
+    train_parts, val_parts = loader_parts(config, train_ids, val_ids)
     train = make_train_loader(
         data.data_dir,
         train_ids,
@@ -180,6 +191,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], step:
         workers=data.workers,
         start_batch=step,
         **shard,
+        **train_parts,
     )
     val = make_val_loader(
         data.data_dir,
@@ -190,6 +202,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], step:
         seed=config.train.seed + 1,
         oversample_foreground=data.foreground_probability,
         **shard,
+        **val_parts,
     )
     return Loaders(iter(train), val)
 
@@ -200,6 +213,7 @@ class StepCache:
     def __init__(self, run: Run):
         self._run = run
         self.augment = make_augment(run.config.augment)
+        self.render, _ = online_renderers(run.config)
         self._steps: dict[tuple[int, int], StepFn] = {}
 
     def __call__(self, epoch: int) -> StepFn:
@@ -207,7 +221,7 @@ class StepCache:
         if negatives not in self._steps:
             config = self._run.config
             self._steps[negatives] = jit_train_step(
-                self._run.model, config.loss, negatives, self.augment, config.segmentation
+                self._run.model, config.loss, negatives, self.augment, config.segmentation, self.render
             )
         return self._steps[negatives]
 
@@ -255,8 +269,9 @@ def run_epoch(run: Run, loaders: Loaders, steps: StepCache, should_stop: StopFn,
 def validate(run: Run, loaders: Loaders, validate_fn: Callable) -> float:
     """Pseudo-Dice of the validation batches (counts summed over every batch, then one Dice)."""
     counts = np.zeros(3)
-    for batch in loaders.val:
-        counts += np.asarray(jax.device_get(validate_fn(run.state, shard_batch(batch, run.mesh))))
+    for index, batch in enumerate(loaders.val):
+        key = validation_key(run.config.train.seed, index)
+        counts += np.asarray(jax.device_get(validate_fn(run.state, shard_batch(batch, run.mesh), key)))
     return pseudo_dice(counts)
 
 
@@ -340,7 +355,7 @@ def train_and_evaluate(
     run = restore_or_init(config, mesh, resume, log)
     loaders = make_loaders(config, train_ids, val_ids, run.step)
     steps = StepCache(run)
-    validate_fn = jit_validation_counts(run.model)
+    validate_fn = jit_validation_counts(run.model, online_renderers(config)[1])
     with contextlib.ExitStack() as stack:
         stop = should_stop or stack.enter_context(ctrl_c_requested())
         while run.step < config.train.total_steps:

@@ -60,12 +60,14 @@ def create_train_state(config: Config, key: jax.Array) -> TrainState:
     size = config.model.size_multiple
     init = jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, size, 1)), method=SynCASNet.forward_projected))
     variables = init(key)
-    return TrainState.create(
+    state = TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         batch_stats=variables.get("batch_stats"),
         tx=make_optimizer(config.train),
     )
+    # A strongly typed step counter, as restored from a checkpoint: a resumed run reuses the compiled steps.
+    return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 def state_tree(state: TrainState) -> dict[str, Any]:

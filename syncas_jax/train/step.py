@@ -2,7 +2,9 @@
 
 Total loss = ½ (DiceCE(view 1) + DiceCE(view 2)) + weight · Σ_taps contrastive(view 1, view 2).
 The step is a pure function of (state, batch, step key); everything random is derived from
-(seed, global step), so a resumed run repeats an uninterrupted one bit for bit.
+(seed, global step), so a resumed run repeats an uninterrupted one bit for bit. With online
+synthesis (`render`, `syncas_jax.data.online`) the batch holds CTA crops and the step renders
+both views of every patch first, from its own key: views are a function of (seed, step, item).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from syncas_jax.train.state import TrainState, variables
 Batch = dict[str, jnp.ndarray]  # {"views": (B, V, Z, Y, X) float32, "label": (B, Z, Y, X) int}
 Augment = Callable[[jax.Array, jnp.ndarray, jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray]]
 StepFn = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict[str, jnp.ndarray]]]
+Render = Callable[[jax.Array, Batch], Batch]  # (key, CTA batch) → {"views", "label"}
+RENDER_STREAM = 0x5EED  # fold_in tag of the rendering key (leaves the augmentation and loss keys as they were)
 
 
 def step_key(seed: int, step: int) -> jax.Array:
@@ -88,9 +92,13 @@ def train_step(
     negatives: tuple[int, int],
     augment: Augment | None = None,
     segmentation_loss: SegmentationLossConfig = SegmentationLossConfig(),
+    render: Render | None = None,
 ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
-    """One optimisation step. `augment(key, views, label)` runs first, on device, when given."""
+    """One optimisation step. `render(key, batch)` (online synthesis), then `augment(key, views, label)`
+    run first, on device, when given."""
     key_augment, key_loss = jax.random.split(key)
+    if render is not None:
+        batch = render(jax.random.fold_in(key, RENDER_STREAM), batch)
     if augment is not None:
         views, label = augment(key_augment, batch["views"], batch["label"])
         batch = {"views": views, "label": label}
@@ -133,16 +141,33 @@ def jit_train_step(
     negatives: tuple[int, int],
     augment: Augment | None = None,
     segmentation_loss: SegmentationLossConfig = SegmentationLossConfig(),
+    render: Render | None = None,
 ) -> StepFn:
-    """The jitted step for one (negatives, pseudo-negatives) setting; the state buffer is donated."""
+    """The jitted step for one (negatives, pseudo-negatives) setting; the state buffer is donated.
+
+    render: online synthesis (`syncas_jax.data.online.OnlineRenderer`), or None for stored views.
+    """
     step = functools.partial(
-        train_step, model=model, loss=loss, negatives=negatives, augment=augment, segmentation_loss=segmentation_loss
-    )
+        train_step, model=model, loss=loss, negatives=negatives, augment=augment,
+        segmentation_loss=segmentation_loss, render=render,
+    )  # fmt: skip
     return jax.jit(step, donate_argnums=(0,))
 
 
-def validation_counts(state: TrainState, batch: Batch, *, model: SynCASNet) -> jnp.ndarray:
-    """Eval-mode (TP, FP, FN) of the foreground class on view 1 of a validation batch."""
+def validation_key(seed: int, batch_index: int) -> jax.Array:
+    """The rendering key of validation batch `batch_index`: the same every epoch."""
+    return jax.random.fold_in(jax.random.key(seed + 1), batch_index)
+
+
+def validation_counts(
+    state: TrainState, batch: Batch, key: jax.Array | None = None, *, model: SynCASNet, render: Render | None = None
+) -> jnp.ndarray:
+    """Eval-mode (TP, FP, FN) of the foreground class on view 1 of a validation batch.
+
+    render: online synthesis renders view 1 from the CTA batch with `key` first (a realistic render).
+    """
+    if render is not None:
+        batch = render(key, batch)
     logits, _ = model.apply(variables(state.params, state.batch_stats), batch["views"][:, 0, ..., None], train=False)
     prediction = jnp.argmax(logits, axis=-1) == 1
     target = batch["label"] > 0
@@ -152,8 +177,9 @@ def validation_counts(state: TrainState, batch: Batch, *, model: SynCASNet) -> j
     return jnp.stack([tp, fp, fn]).astype(jnp.float32)
 
 
-def jit_validation_counts(model: SynCASNet) -> Callable[[TrainState, Batch], jnp.ndarray]:
-    return jax.jit(functools.partial(validation_counts, model=model))
+def jit_validation_counts(model: SynCASNet, render: Render | None = None) -> Callable[..., jnp.ndarray]:
+    """validate(state, batch, key=None) → (TP, FP, FN), jitted."""
+    return jax.jit(functools.partial(validation_counts, model=model, render=render))
 
 
 def pseudo_dice(counts: np.ndarray) -> float:

@@ -191,3 +191,30 @@ def test_batch_not_divisible_by_devices(tmp_path):
     assert result.returncode == 2
     assert "batch_size 3 is not divisible by the number of devices (2)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_online_synthesis_run_resumes_bit_for_bit(tmp_path):
+    from syncas_jax.data.cta_cache import preprocess_cta_folder
+    from tests.data.cta_cases import write_cta_case
+
+    for index in range(3):
+        write_cta_case(tmp_path / "cta", f"cta{index}", (16, 40, 40))
+    preprocess_cta_folder(tmp_path / "cta", tmp_path / "cache", (3.0, 0.8, 0.8))
+    # Dice + CE only (no contrastive sampling): what is tested here is the rendering's keys and the loader state.
+    online = {"synthesis": "online", "spacing": [3.0, 0.8, 0.8], "patch_size": [8, 32, 32], "num_epochs": 1,
+              "num_iterations_per_epoch": 3, "oversample_foreground_percent": 1.0,
+              "contrastive_weight": 0.0}  # fmt: skip
+    straight = tiny_config(tmp_path, "straight", **online)
+    trainer.train_and_evaluate(straight, progress=False, log=lambda _: None)
+    interrupted = tiny_config(tmp_path, "interrupted", **online)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_and_evaluate(interrupted, progress=False, log=lambda _: None, should_stop=lambda step: step == 2)
+    trainer.train_and_evaluate(interrupted, resume=True, progress=False, log=lambda _: None)
+    a, meta_a = final_params(Path(straight.train.output_dir))
+    b, meta_b = final_params(Path(interrupted.train.output_dir))
+    assert meta_a["step"] == meta_b["step"] == 3
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
+    record = meta_a["history"][-1]
+    assert np.isfinite(record["loss"]) and record["skipped"] == 0 and 0 <= record["val_pseudo_dice"] <= 1
+    assert record["val_pseudo_dice"] == meta_b["history"][-1]["val_pseudo_dice"]
