@@ -7,10 +7,10 @@ Surface distances follow DeepMind's `surface-distance` package exactly
   whose 2x2x2 neighbourhood holds both foreground and background voxels; each surfel
   carries the area (mm^2) of the marching-cubes surface inside its 2x2x2 cell;
 * distances (mm, using the voxel spacing) from every surfel of one mask to the nearest
-  surfel of the other come from a Euclidean distance transform over the masks' bounding
-  box (default `method="edt"`, the `edt` package, float32, as surface-distance does with
-  scipy) or an exact k-d tree nearest-surfel search (`method="kdtree"`, float64, 3-4x
-  faster on thin vessel trees); never all pairs;
+  surfel of the other come from an exact k-d tree nearest-surfel search (default
+  `method="kdtree"`, float64, O(N log N) in the surfels) or a Euclidean distance transform
+  over the masks' bounding box (`method="edt"`, the `edt` package, float32, O(box volume),
+  as surface-distance does with scipy; 2-3x slower on coronary trees); never all pairs;
 * HD95 = max over the two directions of the area-weighted 95th percentile of the directed
   distances (`compute_robust_hausdorff(d, 95)`);
 * MSD = mean of the two area-weighted directed average distances (the two numbers that
@@ -112,15 +112,16 @@ def _distance_to(border: np.ndarray, spacing: tuple[float, float, float]) -> np.
 
 
 def surface_distance_arrays(
-    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], method: str = "edt"
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], method: str = "kdtree"
 ) -> dict[str, np.ndarray]:
     """Directed surfel distances (mm) and surfel areas (mm^2), as surface-distance's dict.
 
     Keys: distances_gt_to_pred, distances_pred_to_gt (each sorted ascending, ties by area),
     surfel_areas_gt, surfel_areas_pred. With one mask empty the other's distances are inf.
-    method: "edt" (the default: distance transform of the other surface over the masks'
-    bounding box, float32, O(box volume)) or "kdtree" (exact nearest-surfel search, float64,
-    O(N log N), 3-4x faster on coronary trees). Both equal surface-distance up to rounding.
+    method: "kdtree" (the default: exact nearest-surfel search, float64, O(N log N) in the
+    surfels) or "edt" (distance transform of the other surface over the masks' bounding box,
+    float32, O(box volume), 2-3x slower on coronary trees). Both equal surface-distance up to
+    rounding.
     """
     if method not in ("edt", "kdtree"):
         raise ValueError(f"method must be 'edt' or 'kdtree', got {method!r}")
@@ -170,7 +171,7 @@ def _weighted_percentile(dist: np.ndarray, areas: np.ndarray, percent: float) ->
 
 
 def surface_distances(
-    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], percent: float = 95.0, method: str = "edt"
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], percent: float = 95.0, method: str = "kdtree"
 ) -> tuple[float, float]:
     """(HD95, MSD) in mm of boolean (Z, Y, X) masks with voxel `spacing` (z, y, x) mm.
 

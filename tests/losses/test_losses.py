@@ -9,11 +9,18 @@ import pytest
 import torch
 
 from syncas_jax.losses.contrastive import (
+    NEGATIVE,
+    POSITIVE,
+    PSEUDO,
     contrastive_loss,
+    distinct_ranks,
+    draw_voxels,
+    floyd_ranks,
     multi_tap_contrastive_loss,
     resize_labels_nearest,
-    sample_with_replacement,
-    sample_without_replacement,
+    set_of_label,
+    uniform_ranks,
+    voxel_sets,
 )
 from syncas_jax.losses.dice_ce import dice_ce_loss
 from tests import torch_reference as ref
@@ -69,16 +76,116 @@ def test_dice_ce_perfect_prediction_is_minus_one():
 # ---------------------------------------------------------------- sampling primitives
 
 
-def test_masked_sampling_only_draws_from_the_mask():
-    mask = np.zeros(1000, bool)
-    mask[[3, 50, 51, 700, 999]] = True
-    drawn = np.asarray(sample_with_replacement(jax.random.key(0), jnp.asarray(mask), 4000))
-    assert set(drawn) == {3, 50, 51, 700, 999}
-    counts = np.bincount(drawn, minlength=1000)[mask]
-    assert counts.min() > 650 and counts.max() < 950  # uniform: 800 each expected
+def binomial_bounds(trials: int, p: float, sigmas: float = 6.0) -> tuple[float, float]:
+    """Mean ± `sigmas` binomial standard deviations of a count over `trials` draws of probability p.
 
-    distinct = np.asarray(sample_without_replacement(jax.random.key(1), jnp.asarray(mask), 5))
-    assert sorted(distinct) == [3, 50, 51, 700, 999]
+    Six sigmas: a correct sampler falls outside with probability ~2e-9 per count (and the
+    seeds are fixed); a sampler that favours some members by 10 % does not fit inside."""
+    mean = trials * p
+    spread = sigmas * np.sqrt(trials * p * (1 - p))
+    return mean - spread, mean + spread
+
+
+def assert_binomial(counts: np.ndarray, trials: int, p: float) -> None:
+    """Every count lies within `binomial_bounds(trials, p)`."""
+    low, high = binomial_bounds(trials, p)
+    assert counts.min() > low and counts.max() < high, (counts.min(), counts.max(), low, high)
+
+
+@pytest.mark.parametrize("size,top_blocks", [(5, 2048), (32, 2048), (1000, 2048), (70_001, 2048), (5000, 2)])
+def test_count_tree_maps_every_rank_to_its_voxel(size, top_blocks):
+    """Every rank of every set maps to that member of np.flatnonzero; top_blocks 2 makes a 3-level tree."""
+    set_id = np.random.default_rng(size).integers(-1, 3, size).astype(np.int32)
+    set_id[: size // 3] = -1  # a long run of voxels in no set
+    sets = voxel_sets(jnp.asarray(set_id), 3, top_blocks)
+    assert len(sets.levels) == (3 if top_blocks == 2 else 1 + (size > 32 * top_blocks))
+    members = [np.flatnonzero(set_id == s) for s in range(3)]
+    np.testing.assert_array_equal(np.asarray(sets.sizes()), [len(m) for m in members])
+    which = np.concatenate([np.full(len(m), s) for s, m in enumerate(members)]).astype(np.int32)
+    rank = np.concatenate([np.arange(len(m)) for m in members]).astype(np.int32)
+    order = np.random.default_rng(1).permutation(len(rank))  # queries in any order, sets mixed
+    voxel = jax.jit(lambda t, w, r: t.voxel_of_rank(w, r))(sets, jnp.asarray(which[order]), jnp.asarray(rank[order]))
+    np.testing.assert_array_equal(np.asarray(voxel), np.concatenate(members)[order])
+
+
+def floyd_loop(draws: list[int], size: int) -> list[int]:
+    """Floyd's algorithm as written: step i takes draws[i], or size − k + i if already taken."""
+    taken: list[int] = []
+    for i, t in enumerate(draws):
+        taken.append(size - len(draws) + i if t in taken else t)
+    return taken
+
+
+@pytest.mark.parametrize("size,k", [(1, 1), (5, 5), (6, 5), (64, 64), (65, 64), (80, 64), (5000, 512)])
+def test_floyd_ranks_equal_floyds_loop(size, k):
+    rng = np.random.default_rng(size + k)
+    for _ in range(20):
+        draws = np.array([rng.integers(0, size - k + i + 1) for i in range(k)], np.int32)
+        ranks = np.asarray(floyd_ranks(jnp.asarray(draws), jnp.int32(size)))
+        assert ranks.tolist() == floyd_loop(draws.tolist(), size)
+        assert len(set(ranks.tolist())) == k and ranks.min() >= 0 and ranks.max() < size
+
+
+def test_distinct_ranks_are_a_uniform_ordered_sample():
+    """All 12 ordered pairs of distinct ranks in [0, 4) come up equally often."""
+    trials = 24_000
+    keys = jax.random.split(jax.random.key(0), trials)
+    pairs = np.asarray(jax.vmap(lambda k: distinct_ranks(k, jnp.int32(4), 2))(keys))
+    assert np.all(pairs[:, 0] != pairs[:, 1]) and pairs.min() >= 0 and pairs.max() < 4
+    counts = np.bincount(pairs[:, 0] * 4 + pairs[:, 1], minlength=16).reshape(4, 4)
+    assert_binomial(counts[~np.eye(4, dtype=bool)], trials, 1 / 12)
+
+
+def test_uniform_ranks_cover_the_set_uniformly():
+    trials = 4000
+    ranks = np.asarray(uniform_ranks(jax.random.key(2), jnp.int32(5), trials))
+    counts = np.bincount(ranks, minlength=5)
+    assert len(counts) == 5
+    assert_binomial(counts, trials, 1 / 5)
+
+
+def item_labels(positives: int) -> np.ndarray:
+    """(4096,) labels, shuffled: `positives` of branch 1, 2000 background, 150 each of branches 2 and 3."""
+    labels = np.full(4096, -1, np.int32)
+    labels[:positives] = 1
+    labels[positives : positives + 2000] = 0
+    labels[positives + 2000 : positives + 2150] = 2
+    labels[positives + 2150 : positives + 2300] = 3
+    return np.random.default_rng(positives).permutation(labels)
+
+
+@pytest.mark.parametrize("positives", [600, 100])
+def test_draw_voxels_is_uniform_over_each_set(positives):
+    """Anchors distinct (|P| = 600 >= 512) or with replacement (|P| = 100); negatives and
+    pseudo-negatives uniform over their sets; no draw leaves its set. Counts over many
+    independent draws lie within 6 binomial standard deviations of their expectation."""
+    labels = item_labels(positives)
+    sets = voxel_sets(set_of_label(jnp.asarray(labels), True), 3)
+    trials, num_anchor, neg, pseudo = 300, 512, 5, 1
+    keys = jax.random.split(jax.random.key(positives), trials)
+    voxels = np.asarray(jax.jit(jax.vmap(lambda k: draw_voxels(k, sets, num_anchor, neg, pseudo)))(keys))
+    anchor = voxels[:, :num_anchor]
+    negative = voxels[:, num_anchor : num_anchor * (1 + neg)]
+    pseudo_neg = voxels[:, num_anchor * (1 + neg) :]
+    assert pseudo_neg.shape == (trials, num_anchor * pseudo)
+    assert np.all(labels[anchor] == 1) and np.all(labels[negative] == 0) and np.all(labels[pseudo_neg] > 1)
+
+    def member_counts(drawn: np.ndarray, members: np.ndarray) -> np.ndarray:
+        return np.bincount(drawn.ravel(), minlength=labels.size)[np.flatnonzero(members)]
+
+    if positives >= num_anchor:  # distinct: each trial holds a positive or not, probability 512 / |P|
+        assert all(len(np.unique(row)) == num_anchor for row in anchor)
+        assert_binomial(member_counts(anchor, labels == 1), trials, num_anchor / positives)
+    else:
+        assert_binomial(member_counts(anchor, labels == 1), anchor.size, 1 / positives)
+    assert_binomial(member_counts(negative, labels == 0), negative.size, 1 / 2000)
+    assert_binomial(member_counts(pseudo_neg, labels > 1), pseudo_neg.size, 1 / 300)
+
+
+def test_set_of_label_sorts_voxels_into_the_spec_sets():
+    labels = jnp.asarray([-1, 0, 1, 2, 5])
+    np.testing.assert_array_equal(set_of_label(labels, True), [-1, NEGATIVE, POSITIVE, PSEUDO, PSEUDO])
+    np.testing.assert_array_equal(set_of_label(labels, False), [-1, NEGATIVE, POSITIVE, POSITIVE, POSITIVE])
 
 
 def test_resize_labels_nearest_matches_torch():

@@ -141,6 +141,21 @@ def test_hd95_and_msd_equal_surface_distance_on_thin_tubes(method):
     assert msd == pytest.approx(np.mean(sd.compute_average_surface_distance(expected)), rel=1e-6)
 
 
+@pytest.mark.parametrize("masks", [lambda: (thin_tubes(4), thin_tubes(5)), lambda: (blobs(8), blobs(9, level=0.54))])
+def test_default_method_equals_surface_distance_within_1e5_mm(masks):
+    """The default (k-d tree) HD95 and MSD, and every directed distance, within 1e-5 mm of surface-distance."""
+    sd = pytest.importorskip("surface_distance")
+    pred, ref = masks()
+    pred |= ref & (np.arange(ref.shape[2]) < 20)  # partly right
+    hd95, msd = metrics.surface_distances(pred, ref, SPACING)
+    expected = sd.compute_surface_distances(ref, pred, SPACING)
+    assert abs(hd95 - sd.compute_robust_hausdorff(expected, 95)) <= 1e-5
+    assert abs(msd - np.mean(sd.compute_average_surface_distance(expected))) <= 1e-5
+    ours = metrics.surface_distance_arrays(pred, ref, SPACING)
+    for key in ("distances_gt_to_pred", "distances_pred_to_gt"):
+        np.testing.assert_allclose(np.sort(ours[key]), np.sort(expected[key]), rtol=0, atol=1e-5, err_msg=key)
+
+
 def test_surface_distances_of_two_voxels_by_hand():
     # Two single voxels 10 columns apart along x (0.7 mm): the 8 equal-area corner surfels of
     # each lie 9 or 10 columns from the other's -> distances 6.3 mm (x4) and 7.0 mm (x4).
