@@ -6,14 +6,7 @@ Writes REPORT/metrics.csv (one row per case, then mean and std rows), REPORT/met
 (per case, failures, mean/std/n per metric) and REPORT/overlays/{case}.png, and prints a
 table. Metric definitions and empty-mask conventions: `syncas_jax.metrics`.
 
-Pairing rule. Every NIfTI file `S.nii.gz` (or `.nii`) in --ref is one case. Its id I is S
-without a trailing `.label` (ImageCAS) and its core C is I without a leading `CA_`
-(inference output prefix). The prediction is the first of these stems found in --pred:
-S, I, I.label, I.img, CA_I, C, CA_C (each as .nii.gz or .nii). The CT image (for Agatston)
-is the first of I.img, I, C.img, C, S found in --image. A file is never paired with itself.
-Foreground is value > 0. ImageCAS images (`*.img.nii.gz`), hidden files, folders and
-sidecars (.json, .csv, .txt, ...) in --ref are ignored (so --ref and --image may be one
-ImageCAS folder); any other non-NIfTI file is a failed case.
+Pairing rule (which prediction and CT image go with which reference): `syncas_jax.evaluate.pairing`.
 
 A failed case (missing prediction or image, unreadable file, shape or affine mismatch)
 is reported on one line naming the file; the other cases go on, and the exit status is

@@ -19,9 +19,10 @@ from typing import Any
 
 from syncas_jax.common.console import guarded
 from syncas_jax.common.files import write_json, write_text
-from syncas_jax.demo.dataset import build, case_ids
+from syncas_jax.demo.dataset import build, case_ids, python_m, run_stage
 from syncas_jax.study.arms import (
     ARMS,
+    DEFAULT_ARMS,
     METRICS,
     SIZES,
     StudySize,
@@ -41,15 +42,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("-o", "--out", type=Path, required=True, help="study folder")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
-    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=list(ARMS), help="arms to run (default all)")
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        choices=sorted(ARMS),
+        default=list(DEFAULT_ARMS),
+        help=f"arms to run (default {' '.join(DEFAULT_ARMS)}; 'online' renders the views in the train step)",
+    )
     return parser.parse_args(argv)
 
 
 def run_config(out: Path, size: StudySize, arm: str, seed: int) -> dict[str, Any]:
     """The flat config of one run: the demo recipe, the size's budget, the arm's change, the seed."""
     raw = {**read_config_file(shipped_config_path("demo")), **size.config, **ARMS[arm], "seed": seed}
-    raw.update(data_dir=str(out / "data" / "cache"), output_dir=str(out / "runs" / f"{arm}_seed{seed}"))
+    cache = "cta_cache" if raw.get("synthesis") == "online" else "cache"
+    raw.update(data_dir=str(out / "data" / cache), output_dir=str(out / "runs" / f"{arm}_seed{seed}"))
     return raw
+
+
+def build_cta_cache(data: Path, spacing: tuple[float, ...], log: Path) -> None:
+    """The CTA cache of the study's training phantoms, for the online arm (skips finished cases)."""
+    run_stage(python_m("syncas_jax.preprocess", "--cta", "-i", data / "cta", "-o", data / "cta_cache",
+                       "--spacing", *spacing), log)  # fmt: skip
 
 
 def score_held_out(data: Path, checkpoint: Path) -> dict[str, dict[str, float]]:
@@ -100,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     spacing = tuple(run_config(args.out, size, args.arms[0], 0)["spacing"])
     build(args.out / "data", size.phantoms, args.out / "study.log", spacing)
+    if any(ARMS[arm].get("synthesis") == "online" for arm in args.arms):
+        build_cta_cache(args.out / "data", spacing, args.out / "study.log")
     results = []
     for arm in args.arms:
         for seed in args.seeds:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from syncas_jax.study.__main__ import main, run_config
-from syncas_jax.study.arms import ARMS, METRICS, SIZES, format_table, summarize_runs, table_csv
+from syncas_jax.study.arms import ARMS, DEFAULT_ARMS, METRICS, SIZES, format_table, summarize_runs, table_csv
 
 
 @pytest.mark.parametrize("size", sorted(SIZES))
 def test_arms_share_budget_and_data_and_differ_only_in_the_loss(tmp_path, size):
-    configs = {arm: run_config(tmp_path, SIZES[size], arm, seed=1) for arm in ARMS}
+    configs = {arm: run_config(tmp_path, SIZES[size], arm, seed=1) for arm in DEFAULT_ARMS}
     loss_keys = {"contrastive_weight", "branch_aware"}
     for arm, raw in configs.items():
         others = {k: v for k, v in raw.items() if k not in loss_keys | {"output_dir"}}
@@ -26,6 +26,18 @@ def test_arms_share_budget_and_data_and_differ_only_in_the_loss(tmp_path, size):
         configs["plain"].get("contrastive_weight", 0.1) > 0
         and configs["branch_aware"].get("contrastive_weight", 0.1) > 0
     )
+
+
+@pytest.mark.parametrize("size", sorted(SIZES))
+def test_online_arm_is_branch_aware_rendered_in_the_step_from_the_cta_cache(tmp_path, size):
+    online, offline = (run_config(tmp_path, SIZES[size], arm, seed=2) for arm in ("online", "branch_aware"))
+    assert online.pop("synthesis") == "online" and offline.pop("synthesis", "offline") == "offline"
+    assert online.pop("data_dir") == str(tmp_path / "data" / "cta_cache")
+    assert offline.pop("data_dir") == str(tmp_path / "data" / "cache")
+    assert {k: v for k, v in online.items() if k != "output_dir"} == {
+        k: v for k, v in offline.items() if k != "output_dir"
+    }
+    assert set(ARMS) == set(DEFAULT_ARMS) | {"online"}
 
 
 def fake_run(arm, seed, dice):
@@ -46,10 +58,11 @@ def test_summary_is_mean_and_std_over_seeds():
 
 def test_tiny_study_end_to_end(tmp_path, capsys):
     out = tmp_path / "study"
-    args = ["--size", "tiny", "-o", str(out), "--seeds", "0", "--arms", "dice_ce", "branch_aware"]
+    args = ["--size", "tiny", "-o", str(out), "--seeds", "0", "--arms", "dice_ce", "online"]
     assert main(args) == 0
     report = json.loads((out / "study.json").read_text())
-    assert set(report["arms"]) == {"dice_ce", "branch_aware"} and len(report["runs"]) == 2
+    assert set(report["arms"]) == {"dice_ce", "online"} and len(report["runs"]) == 2
+    assert sorted(p.name for p in (out / "data" / "cta_cache").glob("*.json"))[-1] == "phantom_002.json"
     for run in report["runs"]:
         assert set(run["cases"]) == {"phantom_003"}  # the held-out phantom
         assert 0.0 <= run["mean"]["dice"] <= 1.0
@@ -60,4 +73,4 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     stamps = [p.stat().st_mtime_ns for p in results]
     assert main(args) == 0  # a rerun reuses every finished run
     assert [p.stat().st_mtime_ns for p in results] == stamps
-    assert "| branch_aware |" in capsys.readouterr().out
+    assert "| online |" in capsys.readouterr().out
