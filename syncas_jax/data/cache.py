@@ -240,13 +240,29 @@ class CaseResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def cache_case(case_id: str, work: Callable[[], list[str]]) -> CaseResult:
+    """Run `work` (read, preprocess and write one case; returns its warnings) as one CaseResult.
+
+    Bad input (InputError) and unexpected errors become a "failed" result naming the problem,
+    so one case never stops a folder's run.
+    """
+    try:
+        notes = work()
+    except InputError as error:
+        return CaseResult(case_id, "failed", str(error))
+    except Exception as error:  # keep the run going; report the unexpected error with its type
+        return CaseResult(case_id, "failed", f"unexpected {type(error).__name__}: {error}")
+    return CaseResult(case_id, "done", warnings=notes)
+
+
 def process_case_files(
     files: CaseFiles, output_dir: str | os.PathLike, target_spacing: Sequence[float], overwrite: bool = False
 ) -> CaseResult:
     """Read, preprocess and cache one case; never raises for bad input (the result says what failed)."""
     if not overwrite and is_cached(output_dir, files.case_id):
         return CaseResult(files.case_id, "skipped")
-    try:
+
+    def work() -> list[str]:
         if not files.views:
             raise InputError(files.label, f"no image for this label (expected {files.case_id}.view0.img.nii.gz)")
         ks = [int(_VIEW.match(p.name)["k"]) for p in files.views if _VIEW.match(p.name)]
@@ -257,16 +273,13 @@ def process_case_files(
         label = read_volume(files.label, dtype=np.float32)
         case = preprocess_case(views, label, target_spacing)
         write_cached_case(output_dir, files.case_id, case)
-    except InputError as error:
-        return CaseResult(files.case_id, "failed", str(error))
-    except Exception as error:  # keep the run going; report the unexpected error with its type
-        return CaseResult(files.case_id, "failed", f"unexpected {type(error).__name__}: {error}")
-    notes = []
-    if case.properties["empty_label"]:
-        notes.append(f"{files.label}: empty coronary label; case kept as a negative example")
-    elif case.properties["num_foreground_voxels"] == 0:
-        notes.append(f"{files.label}: coronary label vanished after resampling; case kept as a negative example")
-    return CaseResult(files.case_id, "done", warnings=notes)
+        if case.properties["empty_label"]:
+            return [f"{files.label}: empty coronary label; case kept as a negative example"]
+        if case.properties["num_foreground_voxels"] == 0:
+            return [f"{files.label}: coronary label vanished after resampling; case kept as a negative example"]
+        return []
+
+    return cache_case(files.case_id, work)
 
 
 def preprocess_folder(

@@ -42,6 +42,7 @@ from syncas_jax.data.cache import (
     CaseFiles,
     CaseResult,
     branch_labels,
+    cache_case,
     cached_case_ids,
     foreground_locations,
     is_cached,
@@ -219,21 +220,19 @@ def process_cta_case_files(
     """Read, preprocess and cache one CTA case; never raises for bad input (the result says what failed)."""
     if not overwrite and is_cached(output_dir, files.case_id, KIND):
         return CaseResult(files.case_id, "skipped")
-    try:
+
+    def work() -> list[str]:
         if len(files.views) != 1 or ".view" in files.views[0].name:
             raise InputError(files.label, f"expected one CTA image {files.case_id}.img.nii.gz for this label map")
         image = read_volume(files.views[0], dtype=np.float32)
         label = read_volume(files.label, dtype=np.float32)
         case = preprocess_cta_case(image, label, target_spacing, hu_table)
         write_cta_case(output_dir, files.case_id, case)
-    except InputError as error:
-        return CaseResult(files.case_id, "failed", str(error))
-    except Exception as error:  # keep the run going; report the unexpected error with its type
-        return CaseResult(files.case_id, "failed", f"unexpected {type(error).__name__}: {error}")
-    notes = []
-    if case.properties["num_foreground_voxels"] == 0:
-        notes.append(f"{files.label}: coronary label vanished after resampling; case kept as a negative example")
-    return CaseResult(files.case_id, "done", warnings=notes)
+        if case.properties["num_foreground_voxels"] == 0:
+            return [f"{files.label}: coronary label vanished after resampling; case kept as a negative example"]
+        return []
+
+    return cache_case(files.case_id, work)
 
 
 # -------------------------------------------------------------------------------- the cache
