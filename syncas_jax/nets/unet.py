@@ -14,6 +14,7 @@ checkpoint converter (`nets/reference.py`) can map `model.{i}` onto them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -55,11 +56,17 @@ def upsample_nearest(x: jnp.ndarray) -> jnp.ndarray:
 # CONV_IMPLS (nets/config.py):
 #   "auto"    the default: "conv2d" when JAX's default backend is the CPU, else "xla".
 #   "xla"     one 3-D `lax.conv_general_dilated` (flax.linen.Conv as is); what GPUs/TPUs run.
-#   "conv2d"  for CPU: a sum over the 3 depth taps of 2-D convs (batch N·Z), see
+#   "conv2d"  for CPU: the 3-D conv as 2-D convs over depth slices, with its own gradient, see
 #             `conv3x3x3_as_conv2d`. On jaxlib 0.10 XLA:CPU runs 3-D convs with a slow generic
-#             Eigen kernel; this takes a U-Net train step from ~3.8× PyTorch's CPU time to ~1.1×
-#             and the forward pass from ~3.5× to ~0.8× (benchmarks/bench_unet.py, 2×1×32×128×128).
-_YNN_DECLINING_PAD = 3
+#             Eigen kernel; on 2 cores this takes a U-Net train step from ~3.8× PyTorch's CPU time
+#             to 0.98× and the forward pass to 0.66× (benchmarks/bench_unet.py, 2×1×32×128×128;
+#             the depth taps as 3·Cout output channels of one 2-D conv, the transposed conv for the
+#             input gradient and the elementwise max-pool gradient took it from 1.36× / 0.91×).
+# jaxlib 0.10's XLA:CPU hands plain 2-D convs to YNNPACK, which is slower here than Eigen's
+# spatial convolution, and declines convs padded by >= the kernel size: each 2-D conv gets
+# _EIGEN_PAD more rows of zero padding on top, whose output rows are dropped.
+_EIGEN_PAD = 3
+_NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def conv3x3x3_as_conv2d(
@@ -77,10 +84,8 @@ def conv3x3x3_as_conv2d(
     """Drop-in for `lax.conv_general_dilated` as flax.linen.Conv calls it (channels-last).
 
     A stride-1 VALID 3×3×3 conv of (N, Z+2, Y+2, X+2, Cin) with a (3, 3, 3, Cin, Cout) kernel
-    becomes Σ_kd conv2d(x[:, kd:kd+Z] as (N·Z, Y+2, X+2, Cin), kernel[kd]). Each 2-D conv gets 3
-    rows of zero padding on top whose outputs are dropped: jaxlib 0.10's XLA:CPU hands plain 2-D
-    convs to YNNPACK, which is slower here than Eigen's spatial convolution, and declines convs
-    padded by >= the kernel size. Anything else falls through to `lax.conv_general_dilated`.
+    is computed by `conv3x3x3_valid` (2-D convs over depth slices, forward and gradient).
+    Anything else falls through to `lax.conv_general_dilated`.
     """
     plain = (
         lhs.ndim == 5
@@ -106,20 +111,109 @@ def conv3x3x3_as_conv2d(
             precision=precision,
             **kwargs,
         )
-    n, zp, yp, xp, cin = lhs.shape
-    z = zp - 2
-    out = None
-    for kd in range(3):
-        y = jax.lax.conv_general_dilated(
-            lhs[:, kd : kd + z].reshape(n * z, yp, xp, cin),
-            rhs[kd],
-            (1, 1),
-            ((_YNN_DECLINING_PAD, 0), (0, 0)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=precision,
-        )[:, _YNN_DECLINING_PAD:]
-        out = y if out is None else out + y
-    return out.reshape(n, z, yp - 2, xp - 2, rhs.shape[-1])
+    return conv3x3x3_valid(lhs, rhs, precision)
+
+
+def _conv2d(x: jnp.ndarray, kernel: jnp.ndarray, pad: int, precision) -> jnp.ndarray:
+    """2-D conv, NHWC × HWIO → NHWC, zero padding `pad` on every side (routed to Eigen, see _EIGEN_PAD)."""
+    padding = ((pad + _EIGEN_PAD, pad), (pad, pad))
+    out = jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=_NHWC, precision=precision)
+    return out[:, _EIGEN_PAD:]
+
+
+def _shifted_depth_sum(taps: jnp.ndarray, depth: int) -> jnp.ndarray:
+    """Σ_kd taps[:, kd : kd + depth, ..., kd, :] of (N, D, Y, X, 3, C): the three depth taps, aligned."""
+    return sum(taps[:, kd : kd + depth, ..., kd, :] for kd in range(3))
+
+
+def _conv3x3x3_forward(x: jnp.ndarray, kernel: jnp.ndarray, precision) -> jnp.ndarray:
+    """VALID conv of x (N, Z+2, Y+2, X+2, Cin) with kernel (3, 3, 3, Cin, Cout) → (N, Z, Y, X, Cout).
+
+    One 2-D conv over all N·(Z+2) depth slices, with the 3 depth taps as 3·Cout output
+    channels (the input is read once, as it lies), then out[z] = Σ_kd t[z + kd, tap kd]."""
+    n, zp, yp, xp, cin = x.shape
+    cout = kernel.shape[-1]
+    by_depth_tap = jnp.transpose(kernel, (1, 2, 3, 0, 4)).reshape(3, 3, cin, 3 * cout)
+    taps = _conv2d(x.reshape(n * zp, yp, xp, cin), by_depth_tap, 0, precision)
+    return _shifted_depth_sum(taps.reshape(n, zp, yp - 2, xp - 2, 3, cout), zp - 2)
+
+
+def _conv3x3x3_input_grad(dy: jnp.ndarray, kernel: jnp.ndarray, precision) -> jnp.ndarray:
+    """Gradient of `_conv3x3x3_forward` w.r.t. x: dy (N, Z, Y, X, Cout) → (N, Z+2, Y+2, X+2, Cin).
+
+    The transposed conv is a full-padded 2-D conv of each dy slice with the flipped kernel, the
+    3 depth taps as 3·Cin output channels; tap kd lands on depth z + kd."""
+    n, z, y, x, cout = dy.shape
+    cin = kernel.shape[3]
+    flipped = jnp.transpose(jnp.flip(kernel, (1, 2)), (1, 2, 4, 0, 3)).reshape(3, 3, cout, 3 * cin)
+    taps = _conv2d(dy.reshape(n * z, y, x, cout), flipped, 2, precision).reshape(n, z, y + 2, x + 2, 3, cin)
+    return sum(jnp.pad(taps[..., kd, :], ((0, 0), (kd, 2 - kd), (0, 0), (0, 0), (0, 0))) for kd in range(3))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv3x3x3_valid(x: jnp.ndarray, kernel: jnp.ndarray, precision=None) -> jnp.ndarray:
+    """VALID 3×3×3 conv, channels-last: x (N, Z+2, Y+2, X+2, Cin), kernel (3, 3, 3, Cin, Cout) → (N, Z, Y, X, Cout).
+
+    Computed with 2-D convs over depth slices (forward and both gradients), which XLA:CPU runs
+    far faster than its 3-D conv; the same function as `lax.conv_general_dilated` up to
+    float rounding."""
+    return _conv3x3x3_forward(x, kernel, precision)
+
+
+def _conv3x3x3_fwd(x, kernel, precision):
+    return _conv3x3x3_forward(x, kernel, precision), (x, kernel)
+
+
+def _conv3x3x3_bwd(precision, residuals, dy):
+    """Kernel gradient: XLA's own (one weight-gradient conv over all depth slices, 3·Cout wide).
+    Input gradient: XLA's own when Cin > Cout, else `_conv3x3x3_input_grad` — whichever
+    transposed conv has the narrower 3-tap intermediate (3·Cout resp. 3·Cin channels)."""
+    x, kernel = residuals
+    dy = dy.astype(x.dtype)
+    _, vjp = jax.vjp(lambda x, k: _conv3x3x3_forward(x, k, precision), x, kernel)
+    dx, dk = vjp(dy)
+    if x.shape[-1] <= kernel.shape[-1]:
+        dx = _conv3x3x3_input_grad(dy, kernel, precision)
+    return dx, dk
+
+
+conv3x3x3_valid.defvjp(_conv3x3x3_fwd, _conv3x3x3_bwd)
+
+
+def _pool_windows(x: jnp.ndarray) -> jnp.ndarray:
+    """(N, Z, Y, X, C) → (N, Z/2, Y/2, X/2, 8, C): each 2×2×2 window's voxels in row-major window order."""
+    n, z, y, x_, c = x.shape
+    w = x.reshape(n, z // 2, 2, y // 2, 2, x_ // 2, 2, c)
+    return jnp.transpose(w, (0, 1, 3, 5, 2, 4, 6, 7)).reshape(n, z // 2, y // 2, x_ // 2, 8, c)
+
+
+@jax.custom_vjp
+def max_pool_2x(x: jnp.ndarray) -> jnp.ndarray:
+    """2×2×2 max pooling, stride 2, of (N, Z, Y, X, C) (even sizes) → (N, Z/2, Y/2, X/2, C).
+
+    = flax.linen.max_pool(x, (2, 2, 2), strides=(2, 2, 2)), with the same gradient (all of it
+    to the first maximum of each window in row-major order, as XLA's select-and-scatter does),
+    computed elementwise: XLA:CPU lowers select-and-scatter to index arrays and a scatter."""
+    return jnp.max(_pool_windows(x), axis=-2)
+
+
+def _max_pool_fwd(x):
+    pooled = max_pool_2x(x)
+    return pooled, (x, pooled)
+
+
+def _max_pool_bwd(residuals, dy):
+    x, pooled = residuals
+    windows = _pool_windows(x)
+    is_max = windows == pooled[..., None, :]
+    earlier = jnp.cumsum(is_max, axis=-2) - is_max  # maxima before each position in its window
+    grads = jnp.where(is_max & (earlier == 0), dy[..., None, :], 0).astype(dy.dtype)
+    n, z, y, x_, _, c = grads.shape
+    grads = jnp.transpose(grads.reshape(n, z, y, x_, 2, 2, 2, c), (0, 1, 4, 2, 5, 3, 6, 7))
+    return (grads.reshape(x.shape),)
+
+
+max_pool_2x.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def conv_function(conv_impl: str):
@@ -207,6 +301,10 @@ class UNet3D(nn.Module):
         def block(features: int, name: str) -> ConvBlock:
             return ConvBlock(features, norm=self.norm, dtype=self.dtype, conv_impl=self.conv_impl, name=name)
 
+        # The CPU formulation also takes the elementwise max-pool gradient (same values).
+        pool = max_pool_2x if resolve_conv_impl(self.conv_impl) == "conv2d" else functools.partial(
+            nn.max_pool, window_shape=(2, 2, 2), strides=(2, 2, 2)
+        )
         x = x.astype(self.dtype)
         x = block(self.ngf, "stem")(x, train)
         skips = []
@@ -218,7 +316,7 @@ class UNet3D(nn.Module):
                 taps.append(x)
             x = block(features, f"enc{level}_conv2")(x, train)
             skips.append(x)
-            x = nn.max_pool(x, (2, 2, 2), strides=(2, 2, 2))
+            x = pool(x)
         bottleneck = self.ngf * 2**self.depth
         x = block(bottleneck, "bottleneck_conv1")(x, train)
         x = block(bottleneck, "bottleneck_conv2")(x, train)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +16,10 @@ from syncas_jax.nets.unet import (
     SynCASNet,
     UNet3D,
     conv3x3x3_as_conv2d,
+    conv3x3x3_valid,
     conv_function,
     init_variables,
+    max_pool_2x,
     resolve_conv_impl,
 )
 
@@ -142,3 +145,42 @@ def test_unknown_conv_impl_is_an_error():
     variables = unet_variables("batch", depth=3)
     with pytest.raises(ValueError, match="conv_impl must be one of"):
         UNet3D(ngf=4, depth=3, conv_impl="cudnn").apply(variables, jnp.zeros((1, 16, 16, 16, 1)))
+
+
+@pytest.mark.parametrize("cin, cout", [(1, 4), (3, 3), (6, 2)])
+def test_conv3x3x3_valid_gradients_match_lax(cin, cout):
+    """The custom VJP (input gradient from our transposed 2-D convs when Cin <= Cout, else XLA's)
+    equals the gradient of XLA's own 3-D conv, for both branches."""
+    rng = np.random.default_rng(cin * 10 + cout)
+    x = jnp.asarray(rng.normal(size=(2, 5, 8, 7, cin)).astype(np.float32))
+    k = jnp.asarray(rng.normal(size=(3, 3, 3, cin, cout)).astype(np.float32))
+    dn = ("NDHWC", "DHWIO", "NDHWC")
+    highest = jax.lax.Precision.HIGHEST
+    expected, expected_vjp = jax.vjp(
+        lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1, 1), "VALID", dimension_numbers=dn, precision=highest),
+        x,
+        k,
+    )
+    got, got_vjp = jax.vjp(lambda x, k: conv3x3x3_valid(x, k, highest), x, k)
+    assert got.shape == expected.shape == (2, 3, 6, 5, cout)
+    assert rel(got, expected) <= 1e-5
+    dy = jnp.asarray(rng.normal(size=expected.shape).astype(np.float32))
+    for ours, theirs in zip(got_vjp(dy), expected_vjp(dy)):
+        assert ours.shape == theirs.shape
+        assert rel(ours, theirs) <= 1e-5
+
+
+def test_max_pool_2x_matches_flax_with_ties():
+    """Values and gradient equal flax's max_pool, ties included: windows of equal values (the
+    gradient goes to the first maximum in row-major window order, as XLA's select-and-scatter)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(2, 4, 6, 8, 3)).astype(np.float32)  # 3 values over 8 voxels: ties everywhere
+    x[0, :2, :2, :2, 0] = 1.0  # one window all equal
+    x = jnp.asarray(x)
+    reference = functools.partial(nn.max_pool, window_shape=(2, 2, 2), strides=(2, 2, 2))
+    expected, expected_vjp = jax.vjp(reference, x)
+    got, got_vjp = jax.vjp(max_pool_2x, x)
+    np.testing.assert_array_equal(got, expected)
+    dy = jnp.asarray(rng.normal(size=expected.shape).astype(np.float32))
+    np.testing.assert_array_equal(got_vjp(dy)[0], expected_vjp(dy)[0])
+    assert float(got_vjp(dy)[0][0, 0, 0, 0, 0]) == float(dy[0, 0, 0, 0, 0])  # the first voxel takes the tie
