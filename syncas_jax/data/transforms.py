@@ -134,6 +134,10 @@ def _resample_channel(
         return resize(array, new_shape, order)
     moved = np.moveaxis(array, axis, 0)
     plane_shape = tuple(n for a, n in enumerate(new_shape) if a != axis)
+    if order_z == 0 and new_shape[axis] < moved.shape[0]:
+        # Nearest along the coarse axis only picks slices, so picking them first gives the same
+        # result with fewer planes to resize (275 → 46 on a 0.5 mm scan at 3 mm).
+        moved = _resize(moved, (new_shape[axis], *moved.shape[1:]), 0)
     planes = np.stack([resize(plane, plane_shape, order) for plane in moved])
     along = (new_shape[axis], *plane_shape)
     if planes.shape[0] != along[0]:

@@ -1,6 +1,6 @@
 """Predict coronary masks on CT volumes: `python -m syncas_jax.infer` (design §6).
 
-    python -m syncas_jax.infer -i IN -o OUT -m CHECKPOINT [--no-tta] [--save-probabilities]
+    python -m syncas_jax.infer -i IN -o OUT -m CHECKPOINT [--no-tta | --fast] [--save-probabilities]
                                [--report] [--dicom-seg] [--step 0.5] [--batch N] [--overwrite]
 
 IN is a NIfTI file, a DICOM series folder, or a folder of NIfTI files (`.nii.gz` / `.nii`,
@@ -26,6 +26,13 @@ predicted mask (`<output stem>_calcium.json/.csv/.png`, see `python -m syncas_ja
 series (series inputs only). Extras are written before the mask, so an existing mask
 marks a finished case.
 
+--fast is the laptop preset: no mirror TTA and a window step of 0.75 of the patch instead of
+0.5 (about half the windows of a chest CT; windows overlap less, so the Gaussian weighting blends
+less at their borders). --step overrides its step. A checkpoint trained without mirror
+augmentation (`"augmentated": false`, as the demo's) is not mirror-invariant: TTA averages in
+flipped predictions it was never trained for, so --no-tta or --fast is the better choice there,
+and a note says so.
+
 Target spacing and patch size come from the checkpoint's training config; checkpoints
 without one (converted reference weights) use the reference's (3.0, 0.349609375, 0.349609375) mm
 and (32, 224, 224); --spacing/--patch-size override either.
@@ -48,12 +55,26 @@ from typing import Any
 from syncas_jax.common.console import guarded, note, progress
 from syncas_jax.common.errors import InputError
 from syncas_jax.common.precision import PRECISIONS
-from syncas_jax.infer.cases import WindowSettings, case_done, find_inputs, plan_outputs, run_case
+from syncas_jax.infer.cases import (
+    DEFAULT_STEP,
+    FAST_STEP,
+    WindowSettings,
+    case_done,
+    find_inputs,
+    plan_outputs,
+    run_case,
+)
 from syncas_jax.infer.predict import inference_settings, load_model_for_inference
 
 
 def _window_progress(name: str) -> Callable[[Iterable[Any], int], Iterable[Any]]:
     return lambda items, total: progress(items, f"{name} windows", total=total)
+
+
+def trained_without_mirroring(meta: dict[str, Any]) -> bool:
+    """Whether the checkpoint's training config switched augmentation (mirroring included) off."""
+    config = meta.get("config")
+    return isinstance(config, dict) and config.get("augmentated") is False
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,7 +102,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dicom-seg", action="store_true", help="DICOM series inputs: also write <name>.seg.dcm (DICOM SEG)"
     )
-    parser.add_argument("--step", type=float, default=0.5, help="window step as a fraction of the patch (0, 1]")
+    parser.add_argument(
+        "--fast", action="store_true", help=f"laptop preset: no TTA, window step {FAST_STEP} (about half the windows)"
+    )
+    parser.add_argument(
+        "--step", type=float, default=None, help=f"window step, a fraction of the patch (0, 1]; default {DEFAULT_STEP}"
+    )
     parser.add_argument("--batch", type=int, default=1, help="windows per network call")
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing in mm")
@@ -93,6 +119,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="compute precision (auto: bfloat16 on TPU, else float32)",
     )
     args = parser.parse_args(argv)
+    if args.step is None:
+        args.step = FAST_STEP if args.fast else DEFAULT_STEP
+    args.tta = not (args.no_tta or args.fast)
     if not 0 < args.step <= 1:
         parser.error(f"--step must be in (0, 1], got {args.step}")
     if args.batch < 1:
@@ -121,7 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         spacing, patch_size = inference_settings(meta, args.spacing, args.patch_size)
     except ValueError as error:
         raise InputError(args.model, str(error)) from None
-    settings = WindowSettings(spacing, patch_size, args.step, not args.no_tta, args.batch)
+    if args.tta and trained_without_mirroring(meta):
+        note(
+            f"{args.model} was trained without mirror augmentation, so mirror TTA is likely to lower its "
+            "accuracy (--no-tta or --fast avoid it)"
+        )
+    settings = WindowSettings(spacing, patch_size, args.step, args.tta, args.batch)
     failed = 0
     for source, output in progress(todo, "cases"):
         try:

@@ -126,6 +126,10 @@ def read_input(path: Path) -> tuple[Volume, DicomSeries | None]:
         raise InputError(path, f"expected a 3D image, got {len(shape)}D with shape {shape}") from None
 
 
+DEFAULT_STEP = 0.5  # nnU-Net's window step, a fraction of the patch
+FAST_STEP = 0.75  # infer --fast
+
+
 @dataclass(frozen=True)
 class WindowSettings:
     """How the sliding window runs: target spacing (z, y, x) mm, window (z, y, x) voxels, step as a
@@ -133,7 +137,7 @@ class WindowSettings:
 
     spacing: tuple[float, float, float] = TARGET_SPACING
     patch_size: tuple[int, int, int] = PATCH_SIZE
-    step: float = 0.5
+    step: float = DEFAULT_STEP
     tta: bool = True
     batch: int = 1
 

@@ -74,6 +74,25 @@ def test_resample_anisotropic_is_in_plane_then_nearest_along_z():
     np.testing.assert_allclose(both[1], 2 * both[0], atol=1e-5)
 
 
+def test_fewer_slices_are_picked_before_the_in_plane_resize_with_the_same_result():
+    """Nearest along z only selects slices, so selecting first (fewer planes to resize) must give
+    exactly what resizing every plane and then selecting gives (nnU-Net's order)."""
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(23, 11, 13)).astype(np.float32)
+    out = resample(data, (7, 16, 19), (0.5, 0.5, 0.5), (1.7, 0.35, 0.35))
+    in_plane = np.stack([ndi.zoom(s, (16 / 11, 19 / 13), order=3, mode="nearest", grid_mode=True) for s in data])
+    expected = ndi.zoom(in_plane, (7 / 23, 1, 1), order=0, mode="nearest", grid_mode=True)
+    np.testing.assert_array_equal(out, expected)
+    label = (data > 0.8).astype(np.uint8) + (data > 1.5)
+    out = resample(label, (7, 16, 19), (0.5, 0.5, 0.5), (1.7, 0.35, 0.35), is_label=True)
+    per_label = np.zeros(in_plane.shape, np.uint8)
+    for value in (0, 1, 2):
+        masks = (label == value).astype(np.float32)
+        zoomed = [ndi.zoom(m, (16 / 11, 19 / 13), order=1, mode="nearest", grid_mode=True) for m in masks]
+        per_label[np.stack(zoomed) >= 0.5] = value
+    np.testing.assert_array_equal(out, ndi.zoom(per_label, (7 / 23, 1, 1), order=0, mode="nearest", grid_mode=True))
+
+
 def _equal_size_ranking(components: np.ndarray, count: int) -> np.ndarray:
     """Reference ranking: size descending, then first voxel in C order."""
     ids = np.arange(1, count + 1)

@@ -24,8 +24,8 @@ from scipy.ndimage import gaussian_filter
 from syncas_jax.common.checkpoint import save_checkpoint
 from syncas_jax.common.errors import InputError
 from syncas_jax.common.nifti import read_volume, volume_from_array, write_volume
-from syncas_jax.infer.__main__ import main
-from syncas_jax.infer.cases import WindowSettings, output_name, predict_case, probability_path
+from syncas_jax.infer.__main__ import main, parse_args
+from syncas_jax.infer.cases import DEFAULT_STEP, FAST_STEP, WindowSettings, output_name, predict_case, probability_path
 from syncas_jax.infer.predict import inference_settings, load_model_for_inference
 from syncas_jax.nets.config import ModelConfig
 from syncas_jax.nets.sliding_window import (
@@ -482,3 +482,33 @@ def test_cli_help_runs_as_module():
         [sys.executable, "-m", "syncas_jax.infer", "--help"], capture_output=True, text=True, env=env
     )
     assert result.returncode == 0 and "--save-probabilities" in result.stdout
+
+
+def test_fast_preset_is_no_tta_and_a_longer_step():
+    base = ["-i", "in", "-o", "out", "-m", "model"]
+    default, fast, fast_step = (parse_args(base + extra) for extra in ([], ["--fast"], ["--fast", "--step", "0.6"]))
+    assert (default.step, default.tta) == (DEFAULT_STEP, True)
+    assert (fast.step, fast.tta) == (FAST_STEP, False)
+    assert (fast_step.step, fast_step.tta) == (0.6, False)
+    assert parse_args(base + ["--no-tta"]).tta is False
+
+
+def test_cli_fast_writes_the_fast_settings_prediction_and_notes_tta_without_mirroring(tmp_path, capsys):
+    """--fast on a scan with more windows at step 0.5 than at 0.75 writes predict_case's result for
+    step 0.75 without TTA; TTA on a checkpoint trained without augmentation gets a note."""
+    path = tmp_path / "ckpt"
+    config = {**TINY_CONFIG, "augmentated": False}
+    save_checkpoint(path, random_variables(0, **TINY_MODEL), {"model": TINY_MODEL, "config": config})
+    hu, _ = phantom_ct(shape=(10, 100, 36))  # 76 voxels along y after the crop: 4 windows at step 0.5, 3 at 0.75
+    write_ct(tmp_path / "in" / "p01_NCCT.nii.gz", hu)
+    out = tmp_path / "out"
+    status, _, err = run_cli(capsys, "-i", tmp_path / "in", "-o", out, "-m", path, "--fast")
+    assert status == 0, err
+    assert "without mirror augmentation" not in err
+    predict_fn, _ = load_model_for_inference(path)
+    volume = read_volume(tmp_path / "in" / "p01_NCCT.nii.gz")
+    settings = WindowSettings((2.0, 1.0, 1.0), PATCH, step=FAST_STEP, tta=False)
+    expected = predict_case(volume, predict_fn, settings).segmentation
+    np.testing.assert_array_equal(read_volume(out / "CA_p01_NCCT.nii.gz", dtype=np.uint8).array, expected)
+    status, _, err = run_cli(capsys, "-i", tmp_path / "in", "-o", out, "-m", path, "--overwrite")
+    assert status == 0 and "trained without mirror augmentation" in err
