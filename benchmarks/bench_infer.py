@@ -23,7 +23,9 @@ sliding-window time to all batches of the scan: first batch (includes compilatio
 full (accumulators and outputs are full size; windows not run leave NaN there, which is
 harmless for timing). `--full` runs every window (slow on a CPU: the full network on
 32×224×224 is ~250 GFLOP per window per mirror). `--quick`: a 40×96×96 scan and
-patch (32, 64, 64) (4 windows), all windows, for a smoke run.
+patch (32, 64, 64) (4 windows), all windows, for a smoke run. `--fast` adds two more
+end-to-end runs with every window, at the default step and at infer --fast's (0.75, no TTA),
+and prints the Dice of the fast mask against the default one (`fast_mask_dice_vs_default`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 from _common import REPO, emit, median, paired_ratio
+
+from syncas_jax.infer.cases import DEFAULT_STEP, FAST_STEP
 
 FULL_SHAPE = (275, 512, 512)
 QUICK_SHAPE = (40, 96, 96)
@@ -99,7 +103,7 @@ def worker(args: argparse.Namespace) -> None:
     predict_fn, _ = load_model_for_inference(args.weights, precision=args.precision)
     seconds["load_model"] = time.perf_counter() - start
     start = time.perf_counter()
-    volume = read_input(Path(args.ct))
+    volume, _ = read_input(Path(args.ct))
     seconds["read"] = time.perf_counter() - start
     stamps: list[float] = []
     total_batches: list[int] = []
@@ -111,7 +115,7 @@ def worker(args: argparse.Namespace) -> None:
             yield item
             stamps.append(time.perf_counter())
 
-    settings = WindowSettings(patch_size=tuple(args.patch), tta=args.tta, batch=args.batch)
+    settings = WindowSettings(patch_size=tuple(args.patch), step=args.step, tta=args.tta, batch=args.batch)
     prediction = predict_case(volume, predict_fn, settings, progress=limited)
     seconds.update(prediction.seconds)
     start = time.perf_counter()
@@ -136,6 +140,7 @@ def run_worker(ct: Path, weights: Path, out: Path, args: argparse.Namespace, win
         "--out", str(out),
         "--windows", str(windows),
         "--batch", str(args.batch),
+        "--step", str(args.step),
         "--patch", *map(str, args.patch),
         "--precision", args.precision,
     ] + (["--tta"] if args.tta else [])  # fmt: skip
@@ -145,6 +150,21 @@ def run_worker(ct: Path, weights: Path, out: Path, args: argparse.Namespace, win
     if result.returncode or not lines:
         sys.exit(f"worker failed ({result.returncode}):\n{result.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT ") :])
+
+
+def compare_fast(ct: Path, weights: Path, folder: Path, args: argparse.Namespace) -> None:
+    """infer --fast (step FAST_STEP, no TTA) end to end with every window, vs the same at args.step."""
+    import nibabel as nib
+
+    masks = {}
+    for name, step in (("default", args.step), ("fast", FAST_STEP)):
+        out = folder / f"CA_{name}_NCCT.nii.gz"
+        run = run_worker(ct, weights, out, argparse.Namespace(**{**vars(args), "step": step, "tta": False}), 0)
+        emit(f"{name}_all_windows_batches", run["batches"])
+        emit(f"{name}_all_windows_e2e_seconds", sum(run["seconds"].values()))
+        masks[name] = np.asarray(nib.load(out).dataobj) > 0
+    overlap = 2 * np.sum(masks["default"] & masks["fast"])
+    emit("fast_mask_dice_vs_default", overlap / max(int(masks["default"].sum() + masks["fast"].sum()), 1))
 
 
 # ----------------------------------------------------------- window batches: ours vs torch
@@ -262,6 +282,12 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true", help="8-way mirror TTA (8x slower)")
     parser.add_argument("--windows", type=int, default=3, help="window batches run per measurement (subset mode)")
     parser.add_argument("--batch", type=int, default=1, help="windows per network call")
+    parser.add_argument("--step", type=float, default=DEFAULT_STEP, help="window step (fraction of the patch)")
+    parser.add_argument(
+        "--fast",
+        action="store_true",
+        help="also run infer --fast's settings end to end (all windows) and its mask's Dice vs the default's",
+    )
     parser.add_argument("--patch", type=int, nargs=3, default=None, help="window size (default 32 224 224)")
     parser.add_argument(
         "--precision",
@@ -321,6 +347,8 @@ def main() -> None:
             sliding = stages["sliding_window"] - sum(batch_s) + batch_s[0] + (n - 1) * steady
             emit("ours_e2e_extrapolated_seconds", other + sliding)
         emit("ours_e2e_peak_rss_gib", e2e["peak_rss_gib"])
+        if args.fast:
+            compare_fast(ct, weights, folder, args)
 
         if args.skip_torch:
             return
