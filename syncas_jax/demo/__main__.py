@@ -57,7 +57,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-cases", type=int, default=3, help="held-out phantom cases (default 3)")
     parser.add_argument("--size", choices=sorted(PRESETS), default="default", help="'tiny' is for CI smoke tests")
     parser.add_argument("--epochs", type=int, help="override num_epochs of the demo config")
-    parser.add_argument("--tta", action="store_true", help="8-way mirror test-time augmentation (8x slower inference)")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="8-way mirror test-time augmentation (8x slower inference; the demo trains without mirroring, "
+        "so it lowers the Dice: 0.54 vs 0.59 with one flip on seed 2)",
+    )
     args = parser.parse_args(argv)
     if args.cases < 2 or args.test_cases < 1:
         parser.error("need --cases >= 2 (training + validation) and --test-cases >= 1")
