@@ -152,7 +152,7 @@ def surface_distance_arrays(
             from scipy.spatial import cKDTree
 
             tree = cKDTree(points(dst), balanced_tree=False, compact_nodes=False)
-            dist = tree.query(points(src))[0]
+            dist = tree.query(points(src), workers=-1)[0]  # every core: the queries are independent
         order = np.lexsort((areas[src], dist))
         return dist[order], areas[src][order]
 
