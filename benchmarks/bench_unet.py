@@ -325,6 +325,12 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="timed rounds per peer (default 2)")
     parser.add_argument("--impl", default="xla,conv2d", help=f"comma list of {choices}")
     parser.add_argument("--investigate", action="store_true", help="per-layer, layout, precision and XLA flag studies")
+    parser.add_argument(
+        "--layers",
+        default=None,
+        help="only the per-layer tables (forward and gradient) for this comma list of formulations, "
+        "e.g. sum_d_eigen,conv2d_library (conv2d before and after issue 18)",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -343,6 +349,10 @@ def main(argv=None) -> int:
         print("CHILD " + json.dumps({f"{k[0]}_ratio[{k[1]}]": round(v, 3) for k, v in res.items()}))
         return 0
 
+    if args.layers:
+        for mode in ("forward", "grad"):
+            per_layer(shape, args.layers.split(","), repeats, mode)
+        return 0
     emit("input_shape", "x".join(map(str, shape)))
     emit("torch_threads", torch.get_num_threads())
     emit("xla_cpu_threads_visible_cores", THREADS)

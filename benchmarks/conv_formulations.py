@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from syncas_jax.nets.unet import conv3x3x3_valid
+
 DN3 = ("NDHWC", "DHWIO", "NDHWC")
 
 
@@ -193,6 +195,9 @@ FORMULATIONS = {
 FORMULATIONS.update(
     {f"{name}+vjp": with_valid_vjp(FORMULATIONS[name]) for name in ("sum_d", "fold_d", "fold_dh", "fold_dh2d")}
 )
+# What conv_impl "conv2d" computes today (depth taps as output channels, custom VJP); before
+# issue 18 it was sum_d_eigen with XLA's gradient.
+FORMULATIONS["conv2d_library"] = conv3x3x3_valid
 
 
 @contextlib.contextmanager
