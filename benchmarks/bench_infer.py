@@ -195,7 +195,7 @@ def compare_windows(ct: Path, weights: Path, args: argparse.Namespace, rounds: i
     patch = tuple(args.patch)
     image, _ = preprocess_image(read_volume(ct))
     padded, _ = pad_to_patch(image, patch)
-    starts = window_starts(padded.shape, patch, 0.5)
+    starts = window_starts(padded.shape, patch, args.step)
     n_batches = -(-len(starts) // args.batch)
     rounds = min(rounds, n_batches) if rounds > 0 else n_batches
     mirror = MIRROR_COMBINATIONS if args.tta else ((),)

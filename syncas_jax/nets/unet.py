@@ -170,11 +170,10 @@ def _conv3x3x3_bwd(precision, residuals, dy):
     transposed conv has the narrower 3-tap intermediate (3·Cout resp. 3·Cin channels)."""
     x, kernel = residuals
     dy = dy.astype(x.dtype)
-    _, vjp = jax.vjp(lambda x, k: _conv3x3x3_forward(x, k, precision), x, kernel)
-    dx, dk = vjp(dy)
     if x.shape[-1] <= kernel.shape[-1]:
-        dx = _conv3x3x3_input_grad(dy, kernel, precision)
-    return dx, dk
+        (dk,) = jax.vjp(lambda k: _conv3x3x3_forward(x, k, precision), kernel)[1](dy)
+        return _conv3x3x3_input_grad(dy, kernel, precision), dk
+    return jax.vjp(lambda x, k: _conv3x3x3_forward(x, k, precision), x, kernel)[1](dy)
 
 
 conv3x3x3_valid.defvjp(_conv3x3x3_fwd, _conv3x3x3_bwd)
