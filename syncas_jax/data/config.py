@@ -15,7 +15,9 @@ class DataConfig:
     spacing (z, y, x) mm of the cache (also the frame in which augmentation rotates and scales);
     batch_size: global batch (all devices); oversample_foreground_percent: chance that a patch is
     centred on a coronary voxel; force_foreground: every patch is (the reference's loader hard-codes
-    force_fg = True, so its oversample_foreground_percent never acts); val_fraction / val_cases: the
+    force_fg = True, so its oversample_foreground_percent never acts); force_foreground_epochs: every
+    patch is centred on a coronary for the first that many epochs, then oversample_foreground_percent
+    acts (the network finds the vessels first, then meets the rest of the body); val_fraction / val_cases: the
     validation split; workers: grain worker processes (0 = in the training process); synthesis:
     "offline" trains on the views of an NCCT cache, "online" renders two new views of every patch
     inside the train step from a CTA cache (`python -m syncas_jax.preprocess --cta`; `data.online`)."""
@@ -26,6 +28,7 @@ class DataConfig:
     batch_size: int = 4
     oversample_foreground_percent: float = 0.33
     force_foreground: bool = False
+    force_foreground_epochs: int = 0
     val_fraction: float = 0.2
     val_cases: tuple[str, ...] | None = None
     workers: int = 2
@@ -40,6 +43,8 @@ class DataConfig:
             raise ValueError(f"spacing must be positive, got {list(self.spacing)}")
         if not 0 <= self.oversample_foreground_percent <= 1:
             raise ValueError("oversample_foreground_percent must be in [0, 1]")
+        if self.force_foreground_epochs < 0:
+            raise ValueError(f"force_foreground_epochs must be >= 0, got {self.force_foreground_epochs}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError("val_fraction must be in [0, 1)")
         if self.workers < 0:

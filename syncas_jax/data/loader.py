@@ -188,21 +188,28 @@ def extract_patch(
 class PatchPlanner(grain.transforms.RandomMap):
     """grain RandomMap: draws where the patch of a case lies (reads no voxels).
 
-    With probability `oversample_foreground` the patch is centred on a random foreground voxel.
+    With probability `oversample_foreground` the patch is centred on a random foreground voxel;
+    items whose global index (the "item" key `index_item` adds) is below `forced_items` always are.
     """
 
-    def __init__(self, patch_size: Sequence[int], oversample_foreground: float = 0.33):
+    def __init__(self, patch_size: Sequence[int], oversample_foreground: float = 0.33, forced_items: int = 0):
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ValueError(f"patch_size must be 3 positive ints, got {patch_size}")
         if not 0.0 <= oversample_foreground <= 1.0:
             raise ValueError(f"oversample_foreground must lie in [0, 1], got {oversample_foreground}")
         self.oversample_foreground = float(oversample_foreground)
+        self.forced_items = int(forced_items)
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        force = rng.random() < self.oversample_foreground
+        force = rng.random() < self.oversample_foreground or element.get("item", self.forced_items) < self.forced_items
         origin = patch_origin(element["label"].shape, self.patch_size, rng, element["fg"] if force else None)
-        return {**{k: v for k, v in element.items() if k != "fg"}, "origin": origin}
+        return {**{k: v for k, v in element.items() if k not in ("fg", "item")}, "origin": origin}
+
+
+def index_item(index: int, element: dict[str, Any]) -> dict[str, Any]:
+    """grain map_with_index: the element with its global item index (what `PatchPlanner.forced_items` counts)."""
+    return {**element, "item": index}
 
 
 class PatchBatcher:
@@ -288,9 +295,12 @@ def _pipeline(
     shard_count: int,
     start_batch: int = 0,
     batch_fn: PatchBatcher | None = None,
+    forced_items: int = 0,
 ) -> grain.IterDataset:
     """Plan every item of `ds` by its own index, then this shard's batches (global `batch_size`)."""
-    ds = ds.random_map(PatchPlanner(patch_size, oversample_foreground))
+    if forced_items:  # grain derives random_map's per-index seeds from the chain: keep other runs' streams as they were
+        ds = ds.map_with_index(index_item)
+    ds = ds.random_map(PatchPlanner(patch_size, oversample_foreground, forced_items))
     ds = ShardBatches(ds, batch_size, shard_index, shard_count, start_batch)
     read = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4)
     batch_fn = batch_fn or PatchBatcher(patch_size)
@@ -314,6 +324,7 @@ def make_train_loader(
     shard_index: int = 0,
     shard_count: int = 1,
     start_batch: int = 0,
+    forced_batches: int = 0,
     source: Any = None,
     batch_fn: PatchBatcher | None = None,
 ) -> grain.IterDataset:
@@ -321,7 +332,8 @@ def make_train_loader(
 
     batch_size: the global batch B, L = B / shard_count; shard_index/shard_count: this process's slice of every global
     batch (multi-host training). start_batch: the first global batch to yield (resume at a global
-    step). `iter(loader)` gives a grain DatasetIterator: ``get_state()`` returns a JSON-able dict,
+    step). forced_batches: every patch of the first that many global batches is centred on a
+    coronary voxel, whatever `oversample_foreground`. `iter(loader)` gives a grain DatasetIterator: ``get_state()`` returns a JSON-able dict,
     ``set_state(state)`` resumes exactly. workers: worker processes (0 = in this process);
     threads: read threads per worker. The batches do not depend on workers or threads.
     source, batch_fn: another cache's source and batcher (the CTA cache: `syncas_jax.data.cta_loader`).
@@ -332,7 +344,7 @@ def make_train_loader(
     ds = EpochShuffle(grain.MapDataset.source(source), seed).seed(seed)
     return _pipeline(
         ds, patch_size, batch_size, oversample_foreground, workers, threads, shard_index, shard_count, start_batch,
-        batch_fn,
+        batch_fn, forced_batches * batch_size,
     )
 
 

@@ -3,7 +3,8 @@
 `make_phantom` draws a cardiac-FOV chest (body, fat, muscle, ribs, sternum, spine, lungs,
 liver, stomach, oesophagus, great vessels, heart chambers, myocardium) and a coronary
 tree rising from the aortic root (left main → LAD with diagonals, LCx with an obtuse
-marginal; RCA → acute marginal, PDA) lying in the epicardial fat. Two side branches are
+marginal; RCA → acute marginal, PDA) lying in the epicardial fat (a fat sleeve follows each
+vessel where its course leaves the fat envelope). Two side branches are
 interrupted, so the coronary label has several disconnected segments besides the
 separate left and right trees. Intensities are contrast-phase (lumen ≈ 330–430 HU,
 myocardium ≈ 110, fat −100, lung −850, bone 220/800) with partial-volume blur and noise.
@@ -37,6 +38,8 @@ AORTA_TOTAL, PULMONARY_VEIN, LAA, SVC, IVC, PORTAL_VEIN = 52, 53, 61, 62, 63, 64
 RIB_LEFT, RIB_RIGHT, STERNUM = 96, 108, 116
 MYOCARDIUM, LEFT_ATRIUM, LEFT_VENTRICLE, RIGHT_ATRIUM, RIGHT_VENTRICLE, AORTA, PULMONARY_ARTERY = range(118, 125)
 CORONARY = CORONARY_ID
+EPICARDIAL_FAT, FAT_HU = 0, -100.0  # unlabelled: the synthesis keeps its CTA value
+HEART_WALLS = (MYOCARDIUM, LEFT_ATRIUM, LEFT_VENTRICLE, RIGHT_ATRIUM, RIGHT_VENTRICLE, AORTA, LAA)
 
 Vec = tuple[float, float, float]
 
@@ -83,14 +86,22 @@ class _Canvas:
         self.image = np.full(grid.shape, -1000.0, np.float32)
         self.labels = np.zeros(grid.shape, np.int16)
 
-    def paint(self, mask: np.ndarray, label: int | None, hu: float, box: tuple[slice, ...] | None = None) -> None:
+    def paint(
+        self, mask: np.ndarray, label: int | None, hu: float, box: tuple[slice, ...] | None = None,
+        spare: tuple[int, ...] = (),
+    ) -> None:
+        """Paint `hu` (and `label`; None keeps the old one) where `mask`, except on voxels labelled one of `spare`."""
         box = box or (slice(None),) * 3
         mask = np.broadcast_to(mask, self.image[box].shape)
+        if spare:
+            mask = mask & ~np.isin(self.labels[box], spare)
         self.image[box][mask] = hu
         if label is not None:
             self.labels[box][mask] = label
 
-    def tube(self, points: np.ndarray, radii: np.ndarray, label: int | None, hu: float) -> None:
+    def tube(
+        self, points: np.ndarray, radii: np.ndarray, label: int | None, hu: float, spare: tuple[int, ...] = ()
+    ) -> None:
         """Paint the union of balls of `radii` (L units) at `points` (P, 3) (w, v, u), sampled densely."""
         grid = self.grid
         reach = float(radii.max()) + float(grid.voxel.max())
@@ -103,7 +114,7 @@ class _Canvas:
         hit = np.isfinite(distance)
         inside = np.zeros(len(coords), bool)
         inside[hit] = distance[hit] <= radii[index[hit]]
-        self.paint(inside.reshape(self.image[box].shape), label, hu, box)
+        self.paint(inside.reshape(self.image[box].shape), label, hu, box, spare)
 
     def line(self, points: np.ndarray, label: int, hu: float) -> None:
         """Paint a 6-connected voxel line through densely sampled `points` (P, 3) (w, v, u) L units."""
@@ -383,7 +394,7 @@ def _paint_heart(canvas: _Canvas, heart: _Heart, anatomy: Anatomy) -> None:
     local = heart.to_local(np.stack(np.broadcast_arrays(hw, hv, hu), axis=-1))
     right_heart = anatomy.contrast_hu * anatomy.right_heart_ratio
     parts = (
-        (heart.fat, 0, -100.0, None),  # epicardial fat: unlabelled, whatever lay there before
+        (heart.fat, EPICARDIAL_FAT, FAT_HU, None),  # epicardial fat envelope
         (heart.rv_outer, MYOCARDIUM, anatomy.myocardium_hu, None),
         (heart.rv, RIGHT_VENTRICLE, right_heart, heart.lv_outer),
         (heart.lv_outer, MYOCARDIUM, anatomy.myocardium_hu, None),
@@ -445,10 +456,16 @@ def make_phantom(
     heart = _Heart(anatomy)
     _paint_heart(canvas, heart, anatomy)
     _paint_great_vessels(canvas, heart, anatomy, step)
-    for points, radii in _coronary_tree(heart, anatomy, min_radius, float(grid.voxel.max()), step).values():
-        if len(points):  # drawn last
-            canvas.tube(points, radii, CORONARY, anatomy.contrast_hu)
-            canvas.line(points, CORONARY, anatomy.contrast_hu)  # keeps thin vessels 6-connected across thick slices
+    tree = [branch for branch in _coronary_tree(heart, anatomy, min_radius, float(grid.voxel.max()), step).values()
+            if len(branch[0])]  # fmt: skip
+    sleeve = max(anatomy.fat_gap_mm * heart.size / NOMINAL_SCALE_MM, float(grid.voxel.max()))
+    for points, radii in tree:
+        # A coronary runs in epicardial fat wherever its course goes (on a non-contrast scan the fat is
+        # what shows it): where the course leaves the fat envelope (liver, lung, great veins) the fat follows.
+        canvas.tube(points, radii + sleeve, EPICARDIAL_FAT, FAT_HU, spare=HEART_WALLS)
+    for points, radii in tree:  # drawn last
+        canvas.tube(points, radii, CORONARY, anatomy.contrast_hu)
+        canvas.line(points, CORONARY, anatomy.contrast_hu)  # keeps thin vessels 6-connected across thick slices
     noise = np.random.default_rng([seed, 1]).normal(0.0, 18.0, shape).astype(np.float32)
     image = gaussian_filter(canvas.image, sigma=0.5) + noise
     return image.astype(np.float32), canvas.labels, phantom_affine(shape, spacing)

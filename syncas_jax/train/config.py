@@ -127,8 +127,8 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "contrastive_weight": ("loss", "weight"),
     "ce_foreground_weight": ("segmentation", "ce_foreground_weight"),
     **{name: ("data", name) for name in ("data_dir", "patch_size", "spacing", "batch_size",
-                                         "oversample_foreground_percent", "force_foreground", "val_fraction",
-                                         "val_cases", "workers", "synthesis")},
+                                         "oversample_foreground_percent", "force_foreground", "force_foreground_epochs",
+                                         "val_fraction", "val_cases", "workers", "synthesis")},
     "augmentated": ("augment", "enabled"),  # the reference's spelling
     **{f.name: ("train", f.name) for f in dataclasses.fields(TrainConfig)},
 }  # fmt: skip

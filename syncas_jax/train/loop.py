@@ -190,6 +190,7 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], step:
         oversample_foreground=data.foreground_probability,
         workers=data.workers,
         start_batch=step,
+        forced_batches=data.force_foreground_epochs * config.train.num_iterations_per_epoch,
         **shard,
         **train_parts,
     )

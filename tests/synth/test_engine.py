@@ -125,6 +125,20 @@ def test_phantom_coronaries_run_in_fat_not_on_muscle():
     assert np.mean(labels[shell] == 0) > 0.3  # unlabelled tissue around the heart: epicardial fat
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_phantom_coronaries_never_run_through_other_organs(seed):
+    """Where a course leaves the fat envelope (liver, lung, great veins: invisible on NCCT, as no real
+    coronary is), its fat sleeve follows it: every in-plane neighbour of a coronary voxel is fat or a
+    heart wall (the sleeve is at least one voxel of the coarsest axis thicker than the vessel)."""
+    from syncas_jax.synth.phantom import HEART_WALLS
+
+    _, labels, _ = make_phantom((48, 160, 160), (2.0, 1.0, 1.0), seed=seed)
+    coronary = labels == 128
+    shell = ndimage.binary_dilation(coronary, np.ones((1, 3, 3), bool)) & ~coronary
+    around = set(np.unique(labels[shell]).tolist())
+    assert around <= {0, *HEART_WALLS}, around - {0, *HEART_WALLS}
+
+
 def centreline_length_mm(coronary: np.ndarray, spacing) -> float:
     """Skeleton length: the sum of the steps between 26-connected skeleton neighbours (each counted once)."""
     from skimage.morphology import skeletonize

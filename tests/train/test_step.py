@@ -125,26 +125,46 @@ def test_unet_clip_scope_leaves_the_projection_heads_unclipped():
     np.testing.assert_allclose(everything["head0"]["w"], factor * 100.0 * 12.0 / total, rtol=1e-5)
 
 
-def test_force_foreground_puts_every_training_patch_on_a_coronary(tmp_path):
-    """A small vessel in one corner of a large volume: random patches miss it, forced ones never do."""
+def write_corner_vessel_cache(cache: Path, ids: list[str]) -> None:
+    """A small vessel in one corner of a large volume: a random 16x32x32 patch rarely meets it."""
     from syncas_jax.data.cache import PreprocessedCase, branch_labels, foreground_locations, write_cached_case
-    from syncas_jax.train.loop import make_loaders
 
     shape = (20, 128, 128)
     mask = np.zeros(shape, bool)
     mask[2:18, 6:9, 6:9] = True
     label = branch_labels(mask)
     views = np.zeros((2, *shape), np.float32)
-    ids = ["corner0", "corner1"]
     for case_id in ids:
-        case = PreprocessedCase(views, label, foreground_locations(label), {"num_views": 2})
-        write_cached_case(tmp_path / "cache", case_id, case)
+        write_cached_case(cache, case_id, PreprocessedCase(views, label, foreground_locations(label), {"num_views": 2}))
+
+
+def batches_on_foreground(config, ids: list[str], batches: int, step: int = 0) -> np.ndarray:
+    """(batches, B) bool: which training patches from global batch `step` on hold a coronary voxel."""
+    from syncas_jax.train.loop import make_loaders
+
+    loaders = make_loaders(config, ids, ids, step)
+    return np.stack([(next(loaders.train)["label"] > 0).any(axis=(1, 2, 3)) for _ in range(batches)])
+
+
+def test_force_foreground_puts_every_training_patch_on_a_coronary(tmp_path):
+    ids = ["corner0", "corner1"]
+    write_corner_vessel_cache(tmp_path / "cache", ids)
 
     def fraction_on_foreground(force: bool) -> float:
         config = tiny(tmp_path, force_foreground=force, oversample_foreground_percent=0.0)
-        loaders = make_loaders(config, ids, ids, 0)
-        hits = [(next(loaders.train)["label"] > 0).any(axis=(1, 2, 3)) for _ in range(8)]
-        return float(np.mean(hits))
+        return float(batches_on_foreground(config, ids, 8).mean())
 
     assert fraction_on_foreground(True) == 1.0
     assert fraction_on_foreground(False) < 0.5
+
+
+def test_force_foreground_epochs_forces_the_first_epochs_only_and_resumes_so(tmp_path):
+    """With oversample 0, exactly the warm-up's batches are on the vessel; a resume mid-way keeps the rule."""
+    ids = ["corner0", "corner1"]
+    write_corner_vessel_cache(tmp_path / "cache", ids)
+    config = tiny(tmp_path, force_foreground_epochs=2, num_iterations_per_epoch=3, oversample_foreground_percent=0.0)
+    hits = batches_on_foreground(config, ids, 12)
+    assert hits[:6].all()
+    assert hits[6:].mean() < 0.5
+    np.testing.assert_array_equal(batches_on_foreground(config, ids, 4, step=4), hits[4:8])
+    assert config_from_dict(config.to_flat())[0].data.force_foreground_epochs == 2
