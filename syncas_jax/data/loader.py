@@ -333,9 +333,9 @@ def make_train_loader(
     batch_size: the global batch B, L = B / shard_count; shard_index/shard_count: this process's slice of every global
     batch (multi-host training). start_batch: the first global batch to yield (resume at a global
     step). forced_batches: every patch of the first that many global batches is centred on a
-    coronary voxel, whatever `oversample_foreground`. `iter(loader)` gives a grain DatasetIterator: ``get_state()`` returns a JSON-able dict,
-    ``set_state(state)`` resumes exactly. workers: worker processes (0 = in this process);
-    threads: read threads per worker. The batches do not depend on workers or threads.
+    coronary voxel, whatever `oversample_foreground`. `iter(loader)` gives a grain DatasetIterator:
+    ``get_state()`` returns a JSON-able dict, ``set_state(state)`` resumes exactly. workers: worker
+    processes (0 = in this process); threads: read threads per worker. The batches do not depend on workers or threads.
     source, batch_fn: another cache's source and batcher (the CTA cache: `syncas_jax.data.cta_loader`).
     """
     if batch_size < 1:
