@@ -202,7 +202,8 @@ class PatchPlanner(grain.transforms.RandomMap):
         self.forced_items = int(forced_items)
 
     def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
-        force = rng.random() < self.oversample_foreground or element.get("item", self.forced_items) < self.forced_items
+        warm_up = "item" in element and element["item"] < self.forced_items
+        force = rng.random() < self.oversample_foreground or warm_up
         origin = patch_origin(element["label"].shape, self.patch_size, rng, element["fg"] if force else None)
         return {**{k: v for k, v in element.items() if k not in ("fg", "item")}, "origin": origin}
 

@@ -288,6 +288,11 @@ COURSE_JITTER_DEG = 12.0  # per control point, around the heart's long axis
 COURSE_JITTER_ELL = 0.05  # per control point, along the long axis
 
 
+def _fat_gap(heart: _Heart, anatomy: Anatomy, voxel: float) -> float:
+    """Fat between a coronary's wall and the muscle (L units), at least `voxel` (the largest voxel size)."""
+    return max(anatomy.fat_gap_mm * heart.size / NOMINAL_SCALE_MM, voxel)
+
+
 def _coronary_tree(heart: _Heart, anatomy: Anatomy, min_radius: float, voxel: float, step: float):
     """Coronary branches {name: (points (P, 3) world L units, radii (P,))}; the `interrupted` ones have a gap.
 
@@ -295,7 +300,7 @@ def _coronary_tree(heart: _Heart, anatomy: Anatomy, min_radius: float, voxel: fl
     """
     rng = np.random.default_rng(anatomy.course_seed)
     mm = heart.size / NOMINAL_SCALE_MM
-    fat_gap = max(anatomy.fat_gap_mm * mm, voxel)  # coronaries run in the epicardial fat, off the muscle
+    fat_gap = _fat_gap(heart, anatomy, voxel)  # coronaries run in the epicardial fat, off the muscle
     lengths = dict(anatomy.length_fraction)
 
     def lift(controls: list[tuple[float, float]], offset: float) -> np.ndarray:
@@ -456,9 +461,9 @@ def make_phantom(
     heart = _Heart(anatomy)
     _paint_heart(canvas, heart, anatomy)
     _paint_great_vessels(canvas, heart, anatomy, step)
-    tree = [branch for branch in _coronary_tree(heart, anatomy, min_radius, float(grid.voxel.max()), step).values()
-            if len(branch[0])]  # fmt: skip
-    sleeve = max(anatomy.fat_gap_mm * heart.size / NOMINAL_SCALE_MM, float(grid.voxel.max()))
+    voxel = float(grid.voxel.max())
+    tree = [branch for branch in _coronary_tree(heart, anatomy, min_radius, voxel, step).values() if len(branch[0])]
+    sleeve = _fat_gap(heart, anatomy, voxel)  # the sleeve reaches the muscle the course was lifted off
     for points, radii in tree:
         # A coronary runs in epicardial fat wherever its course goes (on a non-contrast scan the fat is
         # what shows it): where the course leaves the fat envelope (liver, lung, great veins) the fat follows.
