@@ -7,6 +7,11 @@
     test_ncct/    the held-out scans as `{id}_NCCT.nii.gz`, test_labels/ their coronary masks
     cache/        the preprocessed training cache
 
+Held-out scans under another scanner protocol (`build_held_out`, e.g. 3 mm slices at a quarter of
+the dose) go to the same folders with the protocol's name appended (`test_cta_3mm_quarter_dose/`,
+…): the same held-out patients (phantom ids), regenerated on the protocol's slice grid and
+acquired at its dose.
+
 Each stage is echoed and logged as the command it runs; a stage whose outputs exist is skipped
 by the tool itself, so an interrupted run continues where it stopped.
 """
@@ -35,6 +40,34 @@ class PhantomSet:
     spacing: tuple[float, float, float]
     seed: int = 0
     views: int = 2
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How held-out scans are acquired. name: folder suffix ("" = the phantoms' own grid and dose);
+    slice_mm: slice spacing (None: the phantoms'); dose: photon counts × dose (`synth --dose`)."""
+
+    name: str = ""
+    slice_mm: float | None = None
+    dose: float = 1.0
+
+    def folder(self, out: Path, stem: str) -> Path:
+        """`out/stem` for the phantoms' own protocol, else `out/stem_<name>`."""
+        return out / (f"{stem}_{self.name}" if self.name else stem)
+
+    def grid(self, phantoms: PhantomSet) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+        """(shape, spacing) of a held-out phantom under this protocol: the same field of view in z."""
+        if self.slice_mm is None:
+            return phantoms.shape, phantoms.spacing
+        z_mm = phantoms.shape[0] * phantoms.spacing[0]
+        shape = (max(1, round(z_mm / self.slice_mm)), *phantoms.shape[1:])
+        return shape, (float(self.slice_mm), *phantoms.spacing[1:])
+
+
+PROTOCOLS = {
+    "demo": Protocol(),  # the training phantoms' grid (2 mm slices in the demo), the reference dose
+    "3mm_quarter_dose": Protocol("3mm_quarter_dose", 3.0, 0.25),  # a low-dose calcium-scoring protocol
+}
 
 
 def python_m(module: str, *args: object) -> list[str]:
@@ -110,3 +143,29 @@ def build(out: Path, phantoms: PhantomSet, log: Path, cache_spacing: tuple[float
     run_stage(
         python_m("syncas_jax.preprocess", "-i", out / "synth", "-o", out / "cache", "--spacing", *cache_spacing), log
     )
+
+
+def build_held_out(out: Path, phantoms: PhantomSet, protocol: Protocol, log: Path) -> Path:
+    """The held-out scans of `phantoms` acquired under `protocol`; returns their `test_ncct*` folder.
+
+    The held-out patients are the last `test_cases` phantom ids (as in `build`), regenerated on the
+    protocol's grid, rendered as a scanner shows them at its dose, staged as `{id}_NCCT.nii.gz` with
+    the labels beside (`test_labels*`). The phantoms' own protocol is `build`'s `test_ncct/`.
+    """
+    if not protocol.name:
+        return out / "test_ncct"
+    shape, spacing = protocol.grid(phantoms)
+    test_cta, test_synth = protocol.folder(out, "test_cta"), protocol.folder(out, "test_synth")
+    run_stage(
+        python_m("syncas_jax.synth", "--phantom", phantoms.test_cases, "--phantom-start", phantoms.cases,
+                 "-o", test_cta, "--seed", phantoms.seed, "--phantom-shape", *shape, "--phantom-spacing", *spacing),
+        log,
+    )  # fmt: skip
+    run_stage(
+        python_m("syncas_jax.synth", "-i", test_cta, "-o", test_synth, "--views", 1, "--realistic",
+                 "--seed", phantoms.seed, "--dose", protocol.dose),
+        log,
+    )  # fmt: skip
+    ncct = protocol.folder(out, "test_ncct")
+    stage_test_scans(test_synth, ncct, protocol.folder(out, "test_labels"))
+    return ncct

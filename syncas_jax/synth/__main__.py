@@ -10,8 +10,10 @@ cases unless --overwrite. A failing case is logged with its reason (stderr and
 `synth.log` in the output folder) and skipped; the exit status is 1 if any case failed.
 
 `--phantom N` instead writes N procedural phantom *CTA input* cases
-(`phantom_{i:03d}.img.nii.gz` + `.label.nii.gz`, full label map) into -o, ready to be
-rendered by a second call with that folder as -i.
+(`phantom_{i:03d}.img.nii.gz` + `.label.nii.gz`, full label map; i from `--phantom-start`) into
+-o, ready to be rendered by a second call with that folder as -i. A phantom's anatomy depends
+only on its id and `--seed`, so the same ids at another `--phantom-spacing` are the same
+patients scanned with another protocol.
 """
 
 from __future__ import annotations
@@ -50,8 +52,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="render as a scanner shows the anatomy: table HU without the random offsets of training views "
         "(held-out test scans); photon counts and plaques as always",
     )
+    parser.add_argument(
+        "--dose",
+        type=float,
+        default=1.0,
+        help="photon counts x DOSE (default 1: the reference's 1e4-1e5 per slice; 0.25 = a quarter-dose scan, "
+        "twice the noise std)",
+    )
     parser.add_argument("--chunk", type=int, default=32, help="axial slices simulated at once (memory vs speed)")
     parser.add_argument("--phantom", type=int, metavar="N", help="write N phantom CTA input cases into -o instead")
+    parser.add_argument(
+        "--phantom-start", type=int, default=0, metavar="I", help="first phantom index (ids phantom_I ... ; default 0)"
+    )
     parser.add_argument("--phantom-shape", type=int, nargs=3, default=(128, 256, 256), metavar=("Z", "Y", "X"))
     parser.add_argument("--phantom-spacing", type=float, nargs=3, default=(1.0, 0.8, 0.8), metavar=("SZ", "SY", "SX"))
     args = parser.parse_args(argv)
@@ -60,8 +72,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("views", "chunk"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if args.phantom is not None and args.phantom < 0:
-        parser.error("--phantom must be at least 0")
+    if not args.dose > 0:
+        parser.error("--dose must be positive")
+    if args.phantom is not None and (args.phantom < 0 or args.phantom_start < 0):
+        parser.error("--phantom and --phantom-start must be at least 0")
     return args
 
 
@@ -137,6 +151,7 @@ def render_one(image_path: Path, case_id: str, out: Path, args: argparse.Namespa
             spacing=image.spacing,
             chunk=args.chunk,
             realistic=args.realistic,
+            dose=args.dose,
         )
         for view, image_file, sidecar in zip(views, images, sidecars):
             write_volume(view.image, image_file, image, dtype=np.int16)
@@ -168,7 +183,8 @@ def run_phantoms(args: argparse.Namespace) -> int:
     from syncas_jax.synth.phantom import write_phantom_case
 
     written = skipped = 0
-    for i in progress(range(args.phantom), "phantom", total=args.phantom):
+    indices = range(args.phantom_start, args.phantom_start + args.phantom)
+    for i in progress(indices, "phantom", total=args.phantom):
         case_id = f"phantom_{i:03d}"
         if (args.output / f"{case_id}.label.nii.gz").exists() and not args.overwrite:
             skipped += 1
@@ -188,7 +204,7 @@ def run_cases(args: argparse.Namespace) -> int:
     style = "realistic" if args.realistic else "training"
     log.write(
         f"run: {len(cases)} cases from {args.input}, views {args.views}, seed {args.seed}, table {args.hu_table}, "
-        f"{style} renders"
+        f"{style} renders, dose {args.dose:g}"
     )
     rendered = skipped = 0
     failed: list[str] = []

@@ -357,16 +357,20 @@ def reconstruct(sinograms: jnp.ndarray, output_shape: tuple[int, int]) -> jnp.nd
 
 
 @partial(jax.jit, static_argnames=("method",))
-def simulate_slices(slices: jnp.ndarray, keys: jax.Array, method: str = "joseph") -> jnp.ndarray:
+def simulate_slices(
+    slices: jnp.ndarray, keys: jax.Array, method: str = "joseph", dose: jnp.ndarray | float = 1.0
+) -> jnp.ndarray:
     """CT acquisition of a batch of axial slices (B, H, W) in HU with one key per slice (B,) → (B, H, W) HU.
 
     Per slice: blur σ 0.5 → Radon at 0…179° → Poisson noise at a photon count drawn uniformly
-    in [1e4, 1e5], relative to the slice's own sinogram min and max → ramp FBP → blur σ 2.
-    Each slice's result depends only on its pixels and key.
+    in [1e4, 1e5] × `dose` (the tube current's share: 0.25 is a quarter-dose scan), relative to
+    the slice's own sinogram min and max → ramp FBP → blur σ 2. Each slice's result depends only
+    on its pixels and key.
     """
     h, w = slices.shape[1:]
     sino = project(jnp.moveaxis(jnp.asarray(slices, jnp.float32), 0, -1), method)  # (A, S, B)
-    sino = noisy_sinograms(sino, keys, sino.min(axis=(0, 1)), sino.max(axis=(0, 1)))
+    scale = jnp.full(keys.shape, dose, jnp.float32)
+    sino = noisy_sinograms(sino, keys, sino.min(axis=(0, 1)), sino.max(axis=(0, 1)), scale)
     return jnp.moveaxis(reconstruct(sino, (h, w)), -1, 0)
 
 
@@ -380,11 +384,13 @@ def slice_keys(key: jax.Array, n_slices: int) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(n_slices))
 
 
-def simulate_volume(volume: np.ndarray, key: jax.Array, chunk: int = 32, method: str = "joseph") -> np.ndarray:
+def simulate_volume(
+    volume: np.ndarray, key: jax.Array, chunk: int = 32, method: str = "joseph", dose: float = 1.0
+) -> np.ndarray:
     """CT acquisition of every axial slice of a (Z, H, W) HU volume → float32 (Z, H, W) HU.
 
     Slices are processed `chunk` at a time (one compiled shape; the last chunk is
-    zero-padded), which bounds memory; slice z uses key fold_in(key, z).
+    zero-padded), which bounds memory; slice z uses key fold_in(key, z). dose: photon counts × dose.
     """
     volume = np.asarray(volume, np.float32)
     n = volume.shape[0]
@@ -396,6 +402,6 @@ def simulate_volume(volume: np.ndarray, key: jax.Array, chunk: int = 32, method:
         stop = start + block.shape[0]
         if block.shape[0] < chunk:
             block = np.concatenate([block, np.zeros((chunk - block.shape[0],) + block.shape[1:], np.float32)])
-        result = simulate_slices(block, keys[start : start + chunk], method=method)
+        result = simulate_slices(block, keys[start : start + chunk], method=method, dose=dose)
         out[start:stop] = np.asarray(result)[: stop - start]
     return out

@@ -62,11 +62,13 @@ def render_view(
     centreline: Centreline | None = None,
     chunk: int = 32,
     realistic: bool = False,
+    dose: float = 1.0,
 ) -> View:
     """Render view number `view` of a case: image (Z, Y, X) HU, labels (Z, Y, X) int, spacing (z, y, x) mm.
 
     realistic: as a scanner shows the anatomy — every structure at its table HU (no random
     offsets, which are training augmentation); photon counts and plaques as always.
+    dose: photon counts × dose (0.25: a quarter-dose scan, twice the noise std).
     """
     table = get_table(table) if isinstance(table, str) else table
     coronary = np.asarray(labels) == CORONARY_ID
@@ -75,7 +77,7 @@ def render_view(
     hu_key, ct_key, plaque_key = split_view_key(view_keys(seed, view))
     labels = np.asarray(labels, np.int16)
     reassigned = np.asarray(reassign_hu(np.asarray(image, np.float32), labels, hu_key, table, not realistic))
-    acquired = simulate_volume(reassigned, ct_key, chunk=chunk)
+    acquired = simulate_volume(reassigned, ct_key, chunk=chunk, dose=dose)
     final, records = insert_plaques(acquired, coronary, centreline, spacing, plaque_key)
     return View(final, records)
 
@@ -90,15 +92,17 @@ def render_case(
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
     chunk: int = 32,
     realistic: bool = False,
+    dose: float = 1.0,
 ) -> list[View]:
     """Render `views` independent synthetic NCCT views of a CTA case (image HU, labels int, both (Z, Y, X)).
 
-    realistic: every structure at its table HU (see `render_view`).
+    realistic: every structure at its table HU; dose: photon counts × dose (see `render_view`).
     """
     centreline = coronary_centreline(np.asarray(labels) == CORONARY_ID, spacing)
     return [
         render_view(
-            image, labels, seed, k, table, spacing=spacing, centreline=centreline, chunk=chunk, realistic=realistic
+            image, labels, seed, k, table, spacing=spacing, centreline=centreline, chunk=chunk, realistic=realistic,
+            dose=dose,
         )
         for k in range(views)
     ]

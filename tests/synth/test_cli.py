@@ -88,6 +88,30 @@ def test_phantom_mode_writes_input_cases(cta, capsys):
     assert "0 written, 2 skipped" in capsys.readouterr().out
 
 
+def test_phantom_start_writes_the_same_patients_on_another_protocol(cta, tmp_path):
+    """`--phantom-start 1` writes phantom_001 alone: the same anatomy as in the 2-case run, on any slice grid."""
+    again, thick = tmp_path / "again", tmp_path / "thick"
+    assert main(["--phantom", "1", "--phantom-start", "1", "-o", str(again), *PHANTOM_ARGS]) == 0
+    assert [p.name for p in sorted(again.glob("*.nii.gz"))] == ["phantom_001.img.nii.gz", "phantom_001.label.nii.gz"]
+    for suffix in (".img.nii.gz", ".label.nii.gz"):
+        np.testing.assert_array_equal(
+            read_volume(again / f"phantom_001{suffix}").array, read_volume(cta / f"phantom_001{suffix}").array
+        )
+    from syncas_jax.demo.dataset import PhantomSet, Protocol
+
+    shape, spacing = Protocol("thick", 2.0).grid(PhantomSet(1, 1, (16, 64, 64), (1.0, 0.5, 0.5)))
+    assert (shape, spacing) == ((8, 64, 64), (2.0, 0.5, 0.5))  # the same 16 mm in z
+    args = ["--phantom-shape", *map(str, shape), "--phantom-spacing", *map(str, spacing)]
+    assert main(["--phantom", "1", "--phantom-start", "1", "-o", str(thick), *args]) == 0
+    # The same patient: phantom_001's anatomy draw (its case seed) on the thick grid, not phantom_000's.
+    from syncas_jax.synth.engine import case_seed
+    from syncas_jax.synth.phantom import make_phantom
+
+    written = read_volume(thick / "phantom_001.label.nii.gz").array
+    np.testing.assert_array_equal(written, make_phantom(shape, spacing, case_seed(0, "phantom_001"))[1])
+    assert not np.array_equal(written, make_phantom(shape, spacing, case_seed(0, "phantom_000"))[1])
+
+
 def test_run_renders_good_cases_and_reports_bad_ones(cta, first_run):
     out, status = first_run
     assert status == 1
