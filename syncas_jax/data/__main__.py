@@ -9,6 +9,11 @@ case failed, 2 on unusable arguments or folders.
 
 `--cta` builds the CTA cache for online synthesis instead (`syncas_jax.data.cta_cache`): the
 input is what `synth` takes (``{id}.img.nii.gz`` CTA + ``{id}.label.nii.gz`` label map).
+
+`--labelled` builds a cache of labelled real NCCT for fine-tuning (`syncas_jax.data.labelled`):
+nnU-Net's raw layout (``dataset.json``, ``imagesTr/{id}_0000.nii.gz``, ``labelsTr/{id}.nii.gz``),
+``{id}.img.nii.gz`` + ``{id}.label.nii.gz``, or DICOM series folders ``{id}/`` + ``{id}.label.nii.gz``;
+`--label N` picks the coronary value of a multi-label mask.
 """
 
 from __future__ import annotations
@@ -37,6 +42,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="build a CTA cache for online synthesis from {id}.img.nii.gz CTA + {id}.label.nii.gz label maps",
     )
     parser.add_argument(
+        "--labelled",
+        action="store_true",
+        help="labelled real NCCT for fine-tuning: nnU-Net raw layout (dataset.json, imagesTr/, labelsTr/), "
+        "{id}.img.nii.gz + {id}.label.nii.gz, or DICOM series folders {id}/ + {id}.label.nii.gz",
+    )
+    parser.add_argument(
+        "--label",
+        type=int,
+        metavar="N",
+        help="with --labelled: the coronary value of a multi-label mask (default: dataset.json's coronary label, "
+        "else the mask's only non-zero value)",
+    )
+    parser.add_argument(
         "--hu-table", choices=sorted(TABLES), default="reference", help="label→HU table of a CTA cache (with --cta)"
     )
     parser.add_argument("-o", "--output", required=True, help="cache folder to create or complete")
@@ -59,7 +77,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if min(args.spacing) <= 0:
         build_parser().error("--spacing values must be positive")
     workers = max(1, args.workers)
-    if args.cta:
+    if args.cta and args.labelled:
+        build_parser().error("--cta and --labelled build different caches; choose one")
+    if args.label is not None and not args.labelled:
+        build_parser().error("--label applies to --labelled")
+    if args.labelled:
+        from syncas_jax.data.labelled import preprocess_labelled_folder
+
+        results = preprocess_labelled_folder(
+            args.input, args.output, args.spacing, workers, args.overwrite, args.label,
+            on_result=report, progress=progress,
+        )  # fmt: skip
+    elif args.cta:
         from syncas_jax.data.cta_cache import preprocess_cta_folder
 
         results = preprocess_cta_folder(

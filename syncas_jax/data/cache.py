@@ -148,7 +148,7 @@ def cached_case_ids(cache_dir: str | os.PathLike, kind: str = "ncct") -> list[st
 
 
 def cache_kind(cache_dir: str | os.PathLike) -> str:
-    """"ncct" or "cta" as dataset.json says; "ncct" for a folder without dataset.json (or without the key)."""
+    """ "ncct" or "cta" as dataset.json says; "ncct" for a folder without dataset.json (or without the key)."""
     if not (Path(cache_dir) / "dataset.json").exists():
         return "ncct"
     return str(read_dataset_info(cache_dir).get("kind", "ncct"))
@@ -173,14 +173,20 @@ def read_dataset_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
         raise InputError(path, f"not valid JSON ({error})") from None
 
 
-def write_dataset_info(cache_dir: str | os.PathLike, target_spacing: Sequence[float]) -> dict[str, Any]:
-    """(Re)write dataset.json from the finished cases in the folder."""
+def write_dataset_info(
+    cache_dir: str | os.PathLike, target_spacing: Sequence[float], source: str = "synthetic"
+) -> dict[str, Any]:
+    """(Re)write dataset.json from the finished cases in the folder.
+
+    source: "synthetic" (views rendered by `synth`) or "labelled" (real scans, one view each: `data.labelled`).
+    """
     cases = cached_case_ids(cache_dir)
     views = {c: int(read_properties(cache_dir, c).get("num_views", 0)) for c in cases}
     counts = sorted(set(views.values()))
     info = {
         "cache_format": CACHE_FORMAT,
         "kind": "ncct",
+        "source": source,
         "spacing": [float(s) for s in target_spacing],
         "axis_order": "zyx",
         "num_views": counts[0] if len(counts) == 1 else counts,
@@ -294,6 +300,7 @@ def preprocess_folder(
     kind: str = "ncct",
     process: Callable[..., CaseResult] | None = None,
     write_info: Callable[[str | os.PathLike, Sequence[float]], dict[str, Any]] | None = None,
+    cases: Sequence[CaseFiles] | None = None,
 ) -> list[CaseResult]:
     """Preprocess every case of `input_dir` into the cache `output_dir`, in parallel over cases.
 
@@ -301,12 +308,13 @@ def preprocess_folder(
     CaseResult and never stops the others. dataset.json is rewritten at the end.
     on_result: called with each CaseResult as it finishes; progress(items, name, total): wraps the case loop.
     kind, process(files, output_dir, spacing, overwrite), write_info(output_dir, spacing): the cache kind
-    and how its cases and dataset.json are made (default: the NCCT cache; see `cta_cache`).
+    and how its cases and dataset.json are made (default: the NCCT cache; see `cta_cache`); cases: the input
+    cases when found otherwise (default `find_cases(input_dir)`; `labelled`).
     Raises InputError when the folder has no cases or the cache was made with another spacing or kind.
     """
     process = process or process_case_files
     write_info = write_info or write_dataset_info
-    cases = find_cases(input_dir)
+    cases = find_cases(input_dir) if cases is None else list(cases)
     if not cases:
         raise InputError(input_dir, "no cases found (expected {id}.label.nii.gz with {id}.view0.img.nii.gz)")
     output_dir = Path(output_dir)
