@@ -185,6 +185,39 @@ def extract_patch(
     return out_views, out_label
 
 
+MIX_STREAM = 0x4D49  # seeds the per-item cache draw of a mixed stream
+
+
+class WeightedMix(grain.MapDataset):
+    """Item g of several caches' sources: the cache drawn by `weights`, then one of its cases uniformly.
+
+    Both draws come from a generator seeded with (seed, g) alone, so the stream stays a function of
+    the global item index (resumable, the same on any number of processes). Cases are drawn with
+    replacement: a mixed stream has no epochs.
+    """
+
+    def __init__(self, parents: Sequence[grain.MapDataset], weights: Sequence[float], seed: int):
+        super().__init__(list(parents))
+        if len(weights) != len(parents) or min(weights) <= 0:
+            raise ValueError(f"need one positive weight per source, got {list(weights)} for {len(parents)}")
+        self._bounds = np.cumsum(np.asarray(weights, float) / float(np.sum(weights)))
+        self._seed = int(seed)
+
+    def __len__(self) -> int:
+        return sys.maxsize
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        rng = np.random.default_rng([self._seed, MIX_STREAM, int(index)])
+        source = min(int(np.searchsorted(self._bounds, rng.random(), side="right")), len(self._parents) - 1)
+        parent = self._parents[source]
+        return parent[int(rng.integers(len(parent)))]
+
+    def __str__(self) -> str:
+        return f"WeightedMix(seed={self._seed}, bounds={self._bounds.tolist()})"
+
+
 class PatchPlanner(grain.transforms.RandomMap):
     """grain RandomMap: draws where the patch of a case lies (reads no voxels).
 
@@ -221,8 +254,9 @@ class PatchBatcher:
     training process receives.
     """
 
-    def __init__(self, patch_size: Sequence[int]):
+    def __init__(self, patch_size: Sequence[int], num_views: int | None = None):
         self.patch_size = tuple(int(p) for p in patch_size)
+        self.num_views = num_views
         self._shared_memory = False
 
     def enable_shared_memory_output(self) -> None:
@@ -238,11 +272,20 @@ class PatchBatcher:
     def __call__(self, groups: Sequence[Sequence[dict[str, Any]]]) -> dict[str, np.ndarray]:
         """One batch from planned items, given as groups (`ShardBatches` elements) laid end to end."""
         items = [item for group in groups for item in group]
-        views = self._empty((len(items), items[0]["views"].shape[0], *self.patch_size), np.float32)
+        count = self.num_views or items[0]["views"].shape[0]
+        views = self._empty((len(items), count, *self.patch_size), np.float32)
         label = self._empty((len(items), *self.patch_size), np.int16)
         for i, item in enumerate(items):
-            fill_patch(item["views"], item["label"], item["origin"], views[i], label[i])
+            fill_patch(batch_views(item["views"], count), item["label"], item["origin"], views[i], label[i])
         return {"views": views, "label": label}
+
+
+def batch_views(views: np.ndarray, count: int) -> np.ndarray:
+    """The first `count` views of a case (V, Z, Y, X); a one-view case (a labelled real scan) gives its
+    view as every one of them (broadcast on copy), so the train step gets its two views (design §12)."""
+    if views.shape[0] == 1 or views.shape[0] >= count:
+        return views[:count]
+    raise ValueError(f"a case with {views.shape[0]} views cannot fill {count}")
 
 
 def _absl_flags_parsed() -> None:
@@ -328,6 +371,9 @@ def make_train_loader(
     forced_batches: int = 0,
     source: Any = None,
     batch_fn: PatchBatcher | None = None,
+    mix: Sequence[tuple[str | os.PathLike, Sequence[str]]] = (),
+    weights: Sequence[float] | None = None,
+    num_views: int | None = None,
 ) -> grain.IterDataset:
     """Endless training batches {"views": float32 (L, V, *patch), "label": int16 (L, *patch)}.
 
@@ -338,14 +384,31 @@ def make_train_loader(
     ``get_state()`` returns a JSON-able dict, ``set_state(state)`` resumes exactly. workers: worker
     processes (0 = in this process); threads: read threads per worker. The batches do not depend on workers or threads.
     source, batch_fn: another cache's source and batcher (the CTA cache: `syncas_jax.data.cta_loader`).
+    mix: further (cache_dir, case_ids) to draw from; weights: one per cache, `cache_dir` first (default equal):
+    each item's cache is drawn by weight and its case uniformly (`WeightedMix`) instead of the epoch shuffle.
+    num_views: views per item in the batch (default: the cases'); one-view cases fill every view (`batch_views`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
     source = CacheSource(cache_dir, case_ids) if source is None else source
-    ds = EpochShuffle(grain.MapDataset.source(source), seed).seed(seed)
+    if mix:
+        parents = [grain.MapDataset.source(s) for s in (source, *(CacheSource(d, ids) for d, ids in mix))]
+        ds = WeightedMix(parents, weights or [1.0] * len(parents), seed).seed(seed)
+    else:
+        ds = EpochShuffle(grain.MapDataset.source(source), seed).seed(seed)
+    batch_fn = batch_fn or PatchBatcher(patch_size, num_views)
     return _pipeline(
-        ds, patch_size, batch_size, oversample_foreground, workers, threads, shard_index, shard_count, start_batch,
-        batch_fn, forced_batches * batch_size,
+        ds,
+        patch_size,
+        batch_size,
+        oversample_foreground,
+        workers,
+        threads,
+        shard_index,
+        shard_count,
+        start_batch,
+        batch_fn,
+        forced_batches * batch_size,
     )
 
 

@@ -1,4 +1,7 @@
-"""`python -m syncas_jax.train --config FILE [--resume]`: train the SynCAS U-Net (design §5).
+"""`python -m syncas_jax.train --config FILE [--resume] [--init CHECKPOINT]`: train the SynCAS U-Net (design §5).
+
+`--init CHECKPOINT` starts from a trained model's weights (our checkpoint folder or a reference .pth),
+e.g. to fine-tune on labelled real scans (`preprocess --labelled`; the shipped `finetune` config; design §12).
 
 Several processes (GPU nodes, a TPU pod slice, or several processes on one machine): start
 the same command once per process, each with its own id, e.g. on two nodes
@@ -35,6 +38,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(demo, reference, reference_original)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoints/latest")
+    parser.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="start from the weights of a trained model: our checkpoint folder or a reference .pth (weights only: "
+        "optimiser, step and history start fresh; config key init_checkpoint)",
+    )
+    parser.add_argument(
+        "--keep-orientation",
+        action="store_true",
+        help="train in the files' own axis order, as the reference (config key orientation 'file'; the caches must "
+        "have been made with preprocess --keep-orientation); the default turns every scan to LPS first",
+    )
     parser.add_argument(
         "--set",
         nargs="*",
@@ -82,7 +97,12 @@ def exit_on_timeout(message: str) -> None:
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    config, ignored = load_config(args.config, parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    if args.init:
+        overrides["init_checkpoint"] = args.init
+    if args.keep_orientation:
+        overrides["orientation"] = "file"
+    config, ignored = load_config(args.config, overrides)
     group = process_group(
         args.coordinator, args.num_processes, args.process_id, auto_detect=args.distributed, timeout_s=args.init_timeout
     )

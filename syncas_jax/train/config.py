@@ -57,7 +57,9 @@ class TrainConfig:
     """Optimisation and the run: SGD Nesterov with polynomial decay, epochs, validation, outputs.
 
     evaluation_folder: real scans `{id}.img.nii.gz` + `{id}.label.nii.gz` segmented and scored every
-    `test_every` epochs; precision: see `syncas_jax.common.precision`.
+    `test_every` epochs; precision: see `syncas_jax.common.precision`; init_checkpoint: a checkpoint
+    folder or reference `.pth` whose weights (only) the run starts from; freeze_encoder: train the
+    decoder and heads only (design §12).
     """
 
     optimizer: str = "sgd"  # the reference's SGD Nesterov; "adam" converges in fewer steps (the CPU demo)
@@ -75,6 +77,8 @@ class TrainConfig:
     precision: str = "auto"
     output_dir: str = "runs/train"
     evaluation_folder: str | None = None
+    init_checkpoint: str | None = None  # start from these weights (`train --init`; `train.pretrained`)
+    freeze_encoder: bool = False  # stem, encoder levels and bottleneck keep their weights and statistics
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -126,9 +130,9 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
                                          "alpha", "branch_aware", "use_config_alpha_temperature")},
     "contrastive_weight": ("loss", "weight"),
     "ce_foreground_weight": ("segmentation", "ce_foreground_weight"),
-    **{name: ("data", name) for name in ("data_dir", "patch_size", "spacing", "batch_size",
+    **{name: ("data", name) for name in ("data_dir", "data_weights", "patch_size", "spacing", "batch_size",
                                          "oversample_foreground_percent", "force_foreground", "force_foreground_epochs",
-                                         "val_fraction", "val_cases", "workers", "synthesis")},
+                                         "val_fraction", "val_cases", "workers", "synthesis", "orientation")},
     "augmentated": ("augment", "enabled"),  # the reference's spelling
     **{f.name: ("train", f.name) for f in dataclasses.fields(TrainConfig)},
 }  # fmt: skip
@@ -158,7 +162,13 @@ def _coerce(key: str, value: Any, annotation: Any, source: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0], source)
+        errors = []
+        for alternative in inner:  # e.g. data_dir: one path or a list of paths
+            try:
+                return _coerce(key, value, alternative, source)
+            except InputError as error:
+                errors.append(error)
+        raise errors[0]
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise InputError(source, f"config key '{key}' must be a list, got {type(value).__name__}")

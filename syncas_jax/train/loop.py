@@ -35,13 +35,14 @@ from jax.sharding import Mesh
 from syncas_jax.common.checkpoint import is_checkpoint, load_checkpoint, save_checkpoint
 from syncas_jax.common.errors import InputError
 from syncas_jax.common.multihost import any_process, differing_processes, from_primary, is_primary, tree_from_primary
-from syncas_jax.data.cache import cached_case_ids
+from syncas_jax.data.cache import cached_case_ids, read_dataset_info
 from syncas_jax.data.loader import make_train_loader, make_val_loader, split_cases
 from syncas_jax.nets.unet import SynCASNet
 from syncas_jax.train.config import Config
 from syncas_jax.train.evaluation import evaluate_folder
 from syncas_jax.train.history import EpochSums, RunHistory
 from syncas_jax.train.parallel import make_mesh, replicate, shard_batch
+from syncas_jax.train.pretrained import pretrained_heads, read_pretrained, with_pretrained
 from syncas_jax.train.state import (
     TrainState,
     create_train_state,
@@ -95,24 +96,50 @@ class Run:
 # ------------------------------------------------------------------------------ pieces
 
 
+def cache_cases(config: Config, cache: str) -> list[str]:
+    """The finished cases of one cache of the run; InputError naming it when there are none."""
+    case_ids = cached_case_ids(cache, wanted_cache(config)) if Path(cache).is_dir() else []
+    if not case_ids:
+        raise InputError(cache, "no preprocessed cases found (run python -m syncas_jax.preprocess first)")
+    return case_ids
+
+
 def select_cases(config: Config) -> tuple[list[str], list[str]]:
-    """(train ids, validation ids) from the cache: explicit val_cases, else a seeded val_fraction split."""
+    """(train ids, validation ids) of the first cache: explicit val_cases, else a seeded val_fraction split."""
     data = config.data
     check_cache_kind(config)
-    case_ids = cached_case_ids(data.data_dir, wanted_cache(config)) if Path(data.data_dir).is_dir() else []
-    if not case_ids:
-        raise InputError(data.data_dir, "no preprocessed cases found (run python -m syncas_jax.preprocess first)")
+    cache = data.caches[0]
+    case_ids = cache_cases(config, cache)
     if data.val_cases:
         missing = sorted(set(data.val_cases) - set(case_ids))
         if missing:
-            raise InputError(data.data_dir, f"validation cases not in the cache: {missing}")
+            raise InputError(cache, f"validation cases not in the cache: {missing}")
         val_ids = sorted(data.val_cases)
         train_ids = [c for c in case_ids if c not in val_ids]
     else:
         train_ids, val_ids = split_cases(case_ids, data.val_fraction, config.train.seed)
     if not train_ids:
-        raise InputError(data.data_dir, "no training cases left after the validation split")
+        raise InputError(cache, "no training cases left after the validation split")
     return train_ids, val_ids or train_ids
+
+
+def mixed_caches(config: Config) -> list[tuple[str, list[str]]]:
+    """(cache, every case) of the caches after the first: they add training patches only."""
+    return [(cache, cache_cases(config, cache)) for cache in config.data.caches[1:]]
+
+
+def one_view_notes(config: Config) -> list[str]:
+    """A note per cache of one-view scans (labelled real NCCT) when its contrastive pair would be one array twice."""
+    if config.augment is not None or not config.loss.weight or config.data.synthesis != "offline":
+        return []
+    notes = []
+    for cache in config.data.caches:
+        if (Path(cache) / "dataset.json").exists() and read_dataset_info(cache).get("num_views") == 1:
+            notes.append(
+                f"note: {cache} holds one view per case and augmentation is off, so the contrastive loss compares "
+                "each scan with itself (set augmentated true to pair two augmentations, or contrastive_weight 0)"
+            )
+    return notes
 
 
 def check_devices(config: Config, mesh: Mesh) -> None:
@@ -145,8 +172,22 @@ def initial_state(config: Config) -> TrainState:
     return state_from_tree(template, tree_from_primary(state_tree(template)))
 
 
+def pretrained_state(config: Config, log: LogFn) -> TrainState:
+    """A fresh state carrying the weights of `init_checkpoint` (optimiser, step and heads it lacks: fresh)."""
+    source = config.train.init_checkpoint
+    variables, meta = read_pretrained(source, config.model)
+    state = with_pretrained(initial_state(config), variables, source)
+    heads = pretrained_heads(variables)
+    log(f"initialised from {source}: U-Net weights" + (f" and heads {', '.join(heads)}" if heads else ", fresh heads"))
+    trained = meta.get("orientation") or meta.get("config", {}).get("orientation", "canonical")
+    if trained != config.data.orientation:
+        log(f"note: {source} was trained on '{trained}' orientation, this run uses '{config.data.orientation}'")
+    return state
+
+
 def restore_or_init(config: Config, mesh: Mesh, resume: bool, log: LogFn) -> Run:
-    """A fresh run, or the one saved in checkpoints/latest when `resume` and it exists.
+    """A fresh run (from `init_checkpoint`'s weights when set), or the one saved in checkpoints/latest when
+    `resume` and it exists (a resumed fine-tuning run ignores `init_checkpoint`: its weights moved on).
 
     A resumed state is restored into the shapes of a fresh one (`jax.eval_shape`: nothing to compile).
     """
@@ -162,8 +203,11 @@ def restore_or_init(config: Config, mesh: Mesh, resume: bool, log: LogFn) -> Run
         log(f"resumed from {latest} at step {run.step}")
     else:
         if resume:
-            log(f"no checkpoint at {latest}; starting from scratch")
-        run.state = initial_state(config)
+            log(
+                f"no checkpoint at {latest}; starting "
+                + ("from init_checkpoint" if config.train.init_checkpoint else "from scratch")
+            )
+        run.state = pretrained_state(config, log) if config.train.init_checkpoint else initial_state(config)
     if differing_processes(np.asarray([run.step], np.int32)):
         raise InputError(latest, "processes resumed at different steps: output_dir must be on a file system all share")
     run.state = replicate(run.state, mesh)
@@ -181,8 +225,9 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], step:
     data = config.data
     shard = {"shard_index": jax.process_index(), "shard_count": jax.process_count()}
     train_parts, val_parts = loader_parts(config, train_ids, val_ids)
+    mix = {"mix": mixed_caches(config), "weights": data.cache_weights, "num_views": 2} if not train_parts else {}
     train = make_train_loader(
-        data.data_dir,
+        data.caches[0],
         train_ids,
         data.patch_size,
         data.batch_size,
@@ -193,9 +238,10 @@ def make_loaders(config: Config, train_ids: list[str], val_ids: list[str], step:
         forced_batches=data.force_foreground_epochs * config.train.num_iterations_per_epoch,
         **shard,
         **train_parts,
+        **mix,
     )
     val = make_val_loader(
-        data.data_dir,
+        data.caches[0],
         val_ids,
         data.patch_size,
         data.batch_size,
@@ -222,8 +268,9 @@ class StepCache:
         if negatives not in self._steps:
             config = self._run.config
             self._steps[negatives] = jit_train_step(
-                self._run.model, config.loss, negatives, self.augment, config.segmentation, self.render
-            )
+                self._run.model, config.loss, negatives, self.augment, config.segmentation, self.render,
+                config.train.freeze_encoder,
+            )  # fmt: skip
         return self._steps[negatives]
 
 
@@ -351,6 +398,8 @@ def train_and_evaluate(
     log = log or (lambda line: None)
     progress = progress or (lambda items, description, total: items)
     train_ids, val_ids = select_cases(config)
+    for line in one_view_notes(config):
+        log(line)
     mesh = make_mesh()
     check_devices(config, mesh)
     run = restore_or_init(config, mesh, resume, log)

@@ -20,6 +20,32 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
+#: Blocks of the contracting path (`freeze_encoder`): the stem, every encoder level, the bottleneck.
+ENCODER_PREFIXES = ("stem", "enc", "bottleneck")
+
+
+def is_encoder_block(name: str) -> bool:
+    return name.startswith(ENCODER_PREFIXES)
+
+
+def encoder_labels(params: Any) -> Any:
+    """ "frozen" for every leaf of a U-Net encoder block (params["unet"][stem|enc*|bottleneck*]), else "train"."""
+
+    def label(path: tuple, _: Any) -> str:
+        keys = [getattr(entry, "key", None) for entry in path]
+        return "frozen" if len(keys) > 1 and keys[0] == "unet" and is_encoder_block(str(keys[1])) else "train"
+
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def keep_encoder_stats(old: Any, new: Any) -> Any:
+    """Batch statistics `new` with the encoder blocks' entries of `old` (a frozen encoder keeps its statistics)."""
+    if new is None:
+        return new
+    unet = {name: old["unet"][name] if is_encoder_block(name) else value for name, value in new["unet"].items()}
+    return {**new, "unet": unet}
+
+
 def make_model(config: Config) -> SynCASNet:
     """The network of a training run, computing in the run's precision."""
     return build_model(config.model, compute_dtype(config.train.precision, "train"))
@@ -37,7 +63,8 @@ def learning_rate_schedule(train: TrainConfig) -> Callable[[jnp.ndarray], jnp.nd
 
 def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     """Clip at global norm 12 → weight decay (PyTorch-style, added to the gradient) → SGD Nesterov 0.99
-    (or Adam with `optimizer` "adam"), both at the polynomial learning-rate schedule.
+    (or Adam with `optimizer` "adam"), both at the polynomial learning-rate schedule. With
+    `freeze_encoder` the encoder blocks (`encoder_labels`) are left out of all of it and never move.
 
     grad_clip_scope "unet" clips (and measures the norm of) the U-Net's gradients only, leaving the
     projection heads' as they are (the reference clips its network's parameters only).
@@ -45,13 +72,16 @@ def make_optimizer(train: TrainConfig) -> optax.GradientTransformation:
     clip = optax.clip_by_global_norm(train.grad_clip_norm)
     if train.grad_clip_scope == "unet":
         clip = optax.masked(clip, lambda params: {name: name == "unet" for name in params})
-    return optax.chain(
+    optimizer = optax.chain(
         clip,
         optax.add_decayed_weights(train.weight_decay),
         optax.sgd(learning_rate_schedule(train), momentum=train.momentum, nesterov=True)
         if train.optimizer == "sgd"
         else optax.adam(learning_rate_schedule(train)),
     )
+    if train.freeze_encoder:  # the encoder gets no update (no decay either); clipping sees the rest only
+        return optax.multi_transform({"train": optimizer, "frozen": optax.set_to_zero()}, encoder_labels)
+    return optimizer
 
 
 def create_train_state(config: Config, key: jax.Array) -> TrainState:

@@ -22,7 +22,7 @@ from syncas_jax.data.augment import AugmentConfig, augment_batch
 from syncas_jax.losses.contrastive import ContrastiveConfig, multi_tap_contrastive_loss
 from syncas_jax.losses.dice_ce import SegmentationLossConfig, dice_ce_loss
 from syncas_jax.nets.unet import SynCASNet
-from syncas_jax.train.state import TrainState, variables
+from syncas_jax.train.state import TrainState, keep_encoder_stats, variables
 
 Batch = dict[str, jnp.ndarray]  # {"views": (B, V, Z, Y, X) float32, "label": (B, Z, Y, X) int}
 Augment = Callable[[jax.Array, jnp.ndarray, jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray]]
@@ -93,9 +93,11 @@ def train_step(
     augment: Augment | None = None,
     segmentation_loss: SegmentationLossConfig = SegmentationLossConfig(),
     render: Render | None = None,
+    freeze_encoder: bool = False,
 ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
     """One optimisation step. `render(key, batch)` (online synthesis), then `augment(key, views, label)`
-    run first, on device, when given."""
+    run first, on device, when given. freeze_encoder: the encoder's batch statistics stay as they were
+    (its parameters are frozen by the optimiser, `state.make_optimizer`)."""
     key_augment, key_loss = jax.random.split(key)
     if render is not None:
         batch = render(jax.random.fold_in(key, RENDER_STREAM), batch)
@@ -113,6 +115,8 @@ def train_step(
         negatives=negatives,
         segmentation_loss=segmentation_loss,
     )
+    if freeze_encoder:
+        batch_stats = keep_encoder_stats(state.batch_stats, batch_stats)
     return apply_finite_gradients(state, grads, batch_stats, metrics)
 
 
@@ -142,14 +146,16 @@ def jit_train_step(
     augment: Augment | None = None,
     segmentation_loss: SegmentationLossConfig = SegmentationLossConfig(),
     render: Render | None = None,
+    freeze_encoder: bool = False,
 ) -> StepFn:
     """The jitted step for one (negatives, pseudo-negatives) setting; the state buffer is donated.
 
-    render: online synthesis (`syncas_jax.data.online.OnlineRenderer`), or None for stored views.
+    render: online synthesis (`syncas_jax.data.online.OnlineRenderer`), or None for stored views;
+    freeze_encoder: see `train_step`.
     """
     step = functools.partial(
         train_step, model=model, loss=loss, negatives=negatives, augment=augment,
-        segmentation_loss=segmentation_loss, render=render,
+        segmentation_loss=segmentation_loss, render=render, freeze_encoder=freeze_encoder,
     )  # fmt: skip
     return jax.jit(step, donate_argnums=(0,))
 
