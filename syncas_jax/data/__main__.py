@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=list(TARGET_SPACING),
         help="target voxel spacing in mm (default: %(default)s)",
     )
+    parser.add_argument(
+        "--keep-orientation",
+        action="store_true",
+        help="keep each file's own axis order (the reference's convention, for fine-tuning its weights in it; "
+        "train with --keep-orientation too); the default turns every case to LPS first",
+    )
     parser.add_argument("--workers", type=int, default=1, help="parallel processes over cases (default: 1)")
     parser.add_argument("--overwrite", action="store_true", help="redo cases that are already in the cache")
     return parser
@@ -81,12 +87,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         build_parser().error("--cta and --labelled build different caches; choose one")
     if args.label is not None and not args.labelled:
         build_parser().error("--label applies to --labelled")
+    if args.cta and args.keep_orientation:
+        build_parser().error("--keep-orientation applies to NCCT caches (online synthesis trains in LPS)")
+    orientation = "file" if args.keep_orientation else "canonical"
     if args.labelled:
         from syncas_jax.data.labelled import preprocess_labelled_folder
 
         results = preprocess_labelled_folder(
             args.input, args.output, args.spacing, workers, args.overwrite, args.label,
-            on_result=report, progress=progress,
+            on_result=report, progress=progress, orientation=orientation,
         )  # fmt: skip
     elif args.cta:
         from syncas_jax.data.cta_cache import preprocess_cta_folder
@@ -104,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overwrite=args.overwrite,
             on_result=report,
             progress=progress,
+            orientation=orientation,
         )
     counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
     print(f"preprocessed {counts['done']}, skipped {counts['skipped']} (already cached), failed {counts['failed']}")

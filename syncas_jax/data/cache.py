@@ -21,6 +21,7 @@ source files.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -38,7 +39,7 @@ from syncas_jax.common.errors import InputError
 from syncas_jax.common.files import atomic_path, write_json
 from syncas_jax.common.nifti import Volume, check_same_grid, read_volume, strip_nifti_suffix
 from syncas_jax.data.layout import CACHE_FORMAT, PATCH_SIZE, TARGET_SPACING, cache_paths
-from syncas_jax.data.orientation import to_canonical
+from syncas_jax.data.orientation import orient
 from syncas_jax.data.transforms import HU_CENTER, HU_CLIP, HU_SCALE, preprocess_hu
 
 MAX_FOREGROUND_LOCATIONS = 20_000
@@ -90,9 +91,14 @@ class PreprocessedCase(NamedTuple):
 
 
 def preprocess_case(
-    views: Sequence[Volume], label: Volume, target_spacing: Sequence[float] = TARGET_SPACING
+    views: Sequence[Volume],
+    label: Volume,
+    target_spacing: Sequence[float] = TARGET_SPACING,
+    orientation: str = "canonical",
 ) -> PreprocessedCase:
     """K views (HU) + binary coronary label on one grid → cache arrays and properties.
+
+    orientation: "canonical" turns the case to LPS first (design §11); "file" keeps the file's axes (§12).
 
     Raises InputError (naming the file) when views or label disagree in shape or affine.
     An empty label is allowed (properties["empty_label"] = True; no foreground locations).
@@ -101,7 +107,7 @@ def preprocess_case(
         raise InputError(label.path, "no image views for this label")
     for other in (*views[1:], label):
         check_same_grid(views[0], other)
-    (label, move), views = to_canonical(label), [to_canonical(v)[0] for v in views]
+    (label, move), views = orient(label, orientation), [orient(v, orientation)[0] for v in views]
     hu = np.stack([np.asarray(v.array, np.float32) for v in views])
     data, mask, properties = preprocess_hu(hu, views[0].spacing, target_spacing, np.asarray(label.array) > 0)
     branches = branch_labels(mask)
@@ -109,6 +115,7 @@ def preprocess_case(
     properties.update(
         affine=np.asarray(views[0].affine, float).tolist(),
         source_axcodes=list(move.source_axcodes),
+        orientation=orientation,
         num_views=len(views),
         num_branches=int(branches.max()),
         num_foreground_voxels=int(np.count_nonzero(branches)),
@@ -174,11 +181,15 @@ def read_dataset_info(cache_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def write_dataset_info(
-    cache_dir: str | os.PathLike, target_spacing: Sequence[float], source: str = "synthetic"
+    cache_dir: str | os.PathLike,
+    target_spacing: Sequence[float],
+    source: str = "synthetic",
+    orientation: str = "canonical",
 ) -> dict[str, Any]:
     """(Re)write dataset.json from the finished cases in the folder.
 
-    source: "synthetic" (views rendered by `synth`) or "labelled" (real scans, one view each: `data.labelled`).
+    source: "synthetic" (views rendered by `synth`) or "labelled" (real scans, one view each: `data.labelled`);
+    orientation: the cases' orientation convention (`data.orientation.ORIENTATIONS`).
     """
     cases = cached_case_ids(cache_dir)
     views = {c: int(read_properties(cache_dir, c).get("num_views", 0)) for c in cases}
@@ -189,6 +200,7 @@ def write_dataset_info(
         "source": source,
         "spacing": [float(s) for s in target_spacing],
         "axis_order": "zyx",
+        "orientation": orientation,
         "num_views": counts[0] if len(counts) == 1 else counts,
         "cases": cases,
         "num_cases": len(cases),
@@ -262,7 +274,11 @@ def cache_case(case_id: str, work: Callable[[], list[str]]) -> CaseResult:
 
 
 def process_case_files(
-    files: CaseFiles, output_dir: str | os.PathLike, target_spacing: Sequence[float], overwrite: bool = False
+    files: CaseFiles,
+    output_dir: str | os.PathLike,
+    target_spacing: Sequence[float],
+    overwrite: bool = False,
+    orientation: str = "canonical",
 ) -> CaseResult:
     """Read, preprocess and cache one case; never raises for bad input (the result says what failed)."""
     if not overwrite and is_cached(output_dir, files.case_id):
@@ -277,7 +293,7 @@ def process_case_files(
             raise InputError(files.views[0].parent, f"case {files.case_id} has views {ks}, {expected}")
         views = [read_volume(p, dtype=np.float32) for p in files.views]
         label = read_volume(files.label, dtype=np.float32)
-        case = preprocess_case(views, label, target_spacing)
+        case = preprocess_case(views, label, target_spacing, orientation)
         write_cached_case(output_dir, files.case_id, case)
         if case.properties["empty_label"]:
             return [f"{files.label}: empty coronary label; case kept as a negative example"]
@@ -301,6 +317,7 @@ def preprocess_folder(
     process: Callable[..., CaseResult] | None = None,
     write_info: Callable[[str | os.PathLike, Sequence[float]], dict[str, Any]] | None = None,
     cases: Sequence[CaseFiles] | None = None,
+    orientation: str = "canonical",
 ) -> list[CaseResult]:
     """Preprocess every case of `input_dir` into the cache `output_dir`, in parallel over cases.
 
@@ -326,6 +343,12 @@ def preprocess_folder(
             raise InputError(info_path, f"cache made with spacing {old}; use --overwrite or another output folder")
         if old_info.get("kind", "ncct") != kind:
             raise InputError(info_path, f"holds a {old_info.get('kind', 'ncct')} cache, not {kind}; use another folder")
+        if old_info.get("orientation", "canonical") != orientation:
+            made = old_info.get("orientation", "canonical")
+            raise InputError(info_path, f"cache made in '{made}' orientation, not '{orientation}'; use another folder")
+    if orientation != "canonical":
+        process = functools.partial(process, orientation=orientation)
+        write_info = functools.partial(write_info, orientation=orientation)
     output_dir.mkdir(parents=True, exist_ok=True)
     wrap = progress or (lambda items, name, total: items)
     results: list[CaseResult] = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from syncas_jax.data.layout import PATCH_SIZE, TARGET_SPACING
+from syncas_jax.data.orientation import ORIENTATIONS
 
 SYNTHESIS = ("offline", "online")
-ORIENTATIONS = ("canonical", "file")  # design §11 (LPS, ours) / the file's own axes (the reference's; §12)
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,7 @@ def process_labelled_case(
     output_dir: str | os.PathLike,
     target_spacing: Sequence[float],
     overwrite: bool = False,
+    orientation: str = "canonical",
     *,
     label_value: int | None = None,
 ) -> CaseResult:
@@ -192,7 +193,7 @@ def process_labelled_case(
 
     def work() -> list[str]:
         image, mask = read_labelled_case(files, label_value)
-        case = preprocess_case([image], mask, target_spacing)
+        case = preprocess_case([image], mask, target_spacing, orientation)
         if case.properties["num_foreground_voxels"] == 0:
             raise InputError(files.label, f"the coronary mask vanishes when resampled to {list(target_spacing)} mm")
         case.properties.update(labelled=True, label_value=label_value)
@@ -202,8 +203,10 @@ def process_labelled_case(
     return cache_case(files.case_id, work)
 
 
-def write_labelled_info(cache_dir: str | os.PathLike, target_spacing: Sequence[float]) -> dict[str, Any]:
-    return write_dataset_info(cache_dir, target_spacing, source="labelled")
+def write_labelled_info(
+    cache_dir: str | os.PathLike, target_spacing: Sequence[float], orientation: str = "canonical"
+) -> dict[str, Any]:
+    return write_dataset_info(cache_dir, target_spacing, source="labelled", orientation=orientation)
 
 
 def preprocess_labelled_folder(
@@ -216,6 +219,7 @@ def preprocess_labelled_folder(
     *,
     on_result: Callable[[CaseResult], None] | None = None,
     progress: Callable[[Iterable[Any], str, int], Iterable[Any]] | None = None,
+    orientation: str = "canonical",
 ) -> list[CaseResult]:
     """Every labelled case of `input_dir` into the cache `output_dir` (see the module docstring)."""
     cases, value = find_labelled_cases(input_dir, label_value)
@@ -228,4 +232,5 @@ def preprocess_labelled_folder(
         input_dir, output_dir, target_spacing, workers, overwrite,
         on_result=on_result, progress=progress, cases=cases,
         process=functools.partial(process_labelled_case, label_value=value), write_info=write_labelled_info,
+        orientation=orientation,
     )  # fmt: skip

@@ -25,6 +25,9 @@ from nibabel.orientations import axcodes2ornt, inv_ornt_aff, io_orientation, orn
 from syncas_jax.common.nifti import Volume
 
 CANONICAL_AXCODES: tuple[str, str, str] = ("L", "P", "S")
+#: "canonical": every scan turned to CANONICAL_AXCODES (ours); "file": the file's own axes, as SimpleITK
+#: reads them and the reference trained (design §12). Caches, checkpoints and inference record which.
+ORIENTATIONS = ("canonical", "file")
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,23 @@ def reorientation(affine: np.ndarray) -> Reorientation:
     return Reorientation(
         tuple((int(new), int(flip)) for new, flip in transform), tuple(nib.orientations.ornt2axcodes(source))
     )
+
+
+def checkpoint_orientation(meta: dict) -> str:
+    """The orientation convention a checkpoint was trained with: meta["orientation"], else its training
+    config's, else "canonical" (every checkpoint trained before the convention was recorded)."""
+    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    return str(meta.get("orientation") or config.get("orientation") or "canonical")
+
+
+def orient(volume: Volume, orientation: str = "canonical") -> tuple[Volume, Reorientation]:
+    """`to_canonical` for "canonical"; for "file" the volume as it is and the identity (its axcodes recorded)."""
+    if orientation == "canonical":
+        return to_canonical(volume)
+    if orientation != "file":
+        raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
+    source = tuple(nib.orientations.aff2axcodes(np.asarray(volume.affine, float)))
+    return volume, Reorientation(((0, 1), (1, 1), (2, 1)), source)
 
 
 def to_canonical(volume: Volume) -> tuple[Volume, Reorientation]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from syncas_jax.common.nifti import Volume
 from syncas_jax.data.layout import TARGET_SPACING
-from syncas_jax.data.orientation import Reorientation, to_canonical
+from syncas_jax.data.orientation import Reorientation, orient
 from syncas_jax.data.transforms import preprocess_hu, restore_to_original
 
 #: image (Z', Y', X') float32, preprocessed → class probabilities (C, Z', Y', X') float32
@@ -27,14 +27,15 @@ ImagePredictor = Callable[[np.ndarray], np.ndarray]
 
 
 def preprocess_image(
-    volume: Volume, target_spacing: Sequence[float] = TARGET_SPACING
+    volume: Volume, target_spacing: Sequence[float] = TARGET_SPACING, orientation: str = "canonical"
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """One CT volume (HU, (z, y, x)) → (float32 (Z', Y', X') network input in canonical orientation, properties).
 
     properties: those of `restore_to_original` (on the canonical grid), plus "affine" (canonical),
     "reorientation" and "source_axcodes" (`restore_orientation` moves a result back to the file's axes).
+    orientation "file" keeps the file's own axes (the reference's convention; the move is the identity).
     """
-    canonical, move = to_canonical(volume)
+    canonical, move = orient(volume, orientation)
     data, _, properties = preprocess_hu(canonical.array[None], canonical.spacing, target_spacing, None)
     properties["affine"] = np.asarray(canonical.affine, float).tolist()
     properties["reorientation"] = move.to_list()
@@ -63,16 +64,17 @@ def predict_volume(
     *,
     spacing: Sequence[float] = TARGET_SPACING,
     probabilities: bool = False,
+    orientation: str = "canonical",
 ) -> Prediction:
     """Segment one CT volume (HU, (z, y, x)): preprocess → `predict_image` → back to the input grid.
 
-    spacing: target spacing (z, y, x) mm. With two classes only the coronary channel is
-    resampled and thresholded at 0.5 (the argmax of the two-class softmax); otherwise all
-    channels are resampled and the argmax taken.
+    spacing: target spacing (z, y, x) mm; orientation: as `preprocess_image` (the checkpoint's
+    convention). With two classes only the coronary channel is resampled and thresholded at 0.5 (the
+    argmax of the two-class softmax); otherwise all channels are resampled and the argmax taken.
     """
     seconds: dict[str, float] = {}
     start = time.perf_counter()
-    image, properties = preprocess_image(volume, spacing)
+    image, properties = preprocess_image(volume, spacing, orientation)
     seconds["preprocess"] = time.perf_counter() - start
 
     start = time.perf_counter()

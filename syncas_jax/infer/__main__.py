@@ -33,6 +33,10 @@ augmentation (`"augmentated": false`, as the demo's) is not mirror-invariant: TT
 flipped predictions it was never trained for, so --no-tta or --fast is the better choice there,
 and a note says so.
 
+Orientation: by default the one the checkpoint was trained in. Ours turn every scan to LPS first
+(design §11); the reference's weights (a .pth, or its conversion) were trained on arrays in each
+file's own axis order, and get them so (--keep-orientation / --reorient override; design §12).
+
 Target spacing and patch size come from the checkpoint's training config; checkpoints
 without one (converted reference weights) use the reference's (3.0, 0.349609375, 0.349609375) mm
 and (32, 224, 224); --spacing/--patch-size override either.
@@ -55,6 +59,7 @@ from typing import Any
 from syncas_jax.common.console import guarded, note, progress
 from syncas_jax.common.errors import InputError
 from syncas_jax.common.precision import PRECISIONS
+from syncas_jax.data.orientation import checkpoint_orientation
 from syncas_jax.infer.cases import (
     DEFAULT_STEP,
     FAST_STEP,
@@ -109,6 +114,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--step", type=float, default=None, help=f"window step, a fraction of the patch (0, 1]; default {DEFAULT_STEP}"
     )
     parser.add_argument("--batch", type=int, default=1, help="windows per network call")
+    orientation = parser.add_mutually_exclusive_group()
+    orientation.add_argument(
+        "--keep-orientation",
+        action="store_true",
+        help="show the network each file in its own axis order, as the reference's weights were trained "
+        "(the default for a reference .pth or a checkpoint trained with --keep-orientation)",
+    )
+    orientation.add_argument(
+        "--reorient",
+        action="store_true",
+        help="turn every scan to LPS first (the default for our checkpoints)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing in mm")
     parser.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="window size in voxels")
@@ -155,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.model} was trained without mirror augmentation, so mirror TTA is likely to lower its "
             "accuracy (--no-tta or --fast avoid it)"
         )
-    settings = WindowSettings(spacing, patch_size, args.step, args.tta, args.batch)
+    orientation = "file" if args.keep_orientation else "canonical" if args.reorient else checkpoint_orientation(meta)
+    if orientation == "file":
+        note("orientation: each scan in its file's own axis order (the checkpoint's convention; --reorient for LPS)")
+    settings = WindowSettings(spacing, patch_size, args.step, args.tta, args.batch, orientation)
     failed = 0
     for source, output in progress(todo, "cases"):
         try:

@@ -133,13 +133,15 @@ FAST_STEP = 0.75  # infer --fast
 @dataclass(frozen=True)
 class WindowSettings:
     """How the sliding window runs: target spacing (z, y, x) mm, window (z, y, x) voxels, step as a
-    fraction of the window, 8-way mirror TTA, windows per network call."""
+    fraction of the window, 8-way mirror TTA, windows per network call, and the orientation the network
+    sees ("canonical" or "file": the checkpoint's convention, `data.orientation.checkpoint_orientation`)."""
 
     spacing: tuple[float, float, float] = TARGET_SPACING
     patch_size: tuple[int, int, int] = PATCH_SIZE
     step: float = DEFAULT_STEP
     tta: bool = True
     batch: int = 1
+    orientation: str = "canonical"
 
 
 def predict_case(
@@ -160,7 +162,9 @@ def predict_case(
         batch=settings.batch,
         progress=progress,
     )
-    return predict_volume(volume, predict_image, spacing=settings.spacing, probabilities=probabilities)
+    return predict_volume(
+        volume, predict_image, spacing=settings.spacing, probabilities=probabilities, orientation=settings.orientation
+    )
 
 
 def run_case(

@@ -18,6 +18,9 @@ from syncas_jax.common.errors import InputError
 from syncas_jax.nets.config import ModelConfig
 
 REFERENCE_KEYS = ("network_weights", "projection_heads_weights")
+#: The reference trained on arrays as SimpleITK reads them, with no reorientation: the file's own axes
+#: (`data.orientation.ORIENTATIONS`; design §12). Converted checkpoints record it, so inference keeps it.
+REFERENCE_ORIENTATION = "file"
 
 
 def reference_layout(depth: int = 4) -> list[tuple[int, str]]:
@@ -195,5 +198,6 @@ def load_reference_model(
         "model": model.architecture(),
         "source": f"converted from reference checkpoint {os.path.basename(path)}",
         "epoch": reference["current_epoch"],
+        "orientation": REFERENCE_ORIENTATION,
     }
     return variables, meta

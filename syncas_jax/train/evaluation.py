@@ -46,9 +46,13 @@ def evaluate_folder(state: TrainState, config: Config, path: Path) -> dict[str, 
     )
     cases = {}
     for case_id, image_path, label_path in evaluation_scans(config.train.evaluation_folder or ""):
-        (volume, _), (reference, _) = to_canonical(read_volume(image_path)), to_canonical(read_volume(label_path))
-        prediction = predict_volume(volume, predict_image, spacing=config.data.spacing)
-        cases[case_id] = case_metrics(prediction.segmentation, reference.array, volume.spacing, volume.array)
+        scan = read_volume(image_path)
+        prediction = predict_volume(
+            scan, predict_image, spacing=config.data.spacing, orientation=config.data.orientation
+        )
+        (volume, move), (reference, _) = to_canonical(scan), to_canonical(read_volume(label_path))
+        segmentation = move.apply(prediction.segmentation)  # scored in canonical axes (axial slices for calcium)
+        cases[case_id] = case_metrics(segmentation, reference.array, volume.spacing, volume.array)
     report = {"cases": cases, "summary": summarize(list(cases.values()))}
     write_json(report, path)
     return report

@@ -37,6 +37,7 @@ from syncas_jax.common.errors import InputError
 from syncas_jax.common.multihost import any_process, differing_processes, from_primary, is_primary, tree_from_primary
 from syncas_jax.data.cache import cached_case_ids, read_dataset_info
 from syncas_jax.data.loader import make_train_loader, make_val_loader, split_cases
+from syncas_jax.data.orientation import checkpoint_orientation
 from syncas_jax.nets.unet import SynCASNet
 from syncas_jax.train.config import Config
 from syncas_jax.train.evaluation import evaluate_folder
@@ -179,7 +180,7 @@ def pretrained_state(config: Config, log: LogFn) -> TrainState:
     state = with_pretrained(initial_state(config), variables, source)
     heads = pretrained_heads(variables)
     log(f"initialised from {source}: U-Net weights" + (f" and heads {', '.join(heads)}" if heads else ", fresh heads"))
-    trained = meta.get("orientation") or meta.get("config", {}).get("orientation", "canonical")
+    trained = checkpoint_orientation(meta)
     if trained != config.data.orientation:
         log(f"note: {source} was trained on '{trained}' orientation, this run uses '{config.data.orientation}'")
     return state
@@ -281,6 +282,8 @@ def checkpoint_meta(run: Run, partial: EpochSums | None) -> dict[str, Any]:
         "partial": None if partial is None else partial.to_json(),
         "rng": np.asarray(jax.random.key_data(jax.random.key(run.config.train.seed))).tolist(),
         "model": run.config.model.architecture(),
+        "orientation": run.config.data.orientation,
+        "init_checkpoint": run.config.train.init_checkpoint,
         "config": run.config.to_flat(),
     }
 

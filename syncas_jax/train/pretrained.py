@@ -20,7 +20,12 @@ import numpy as np
 from syncas_jax.common.checkpoint import is_checkpoint, load_checkpoint, load_meta
 from syncas_jax.common.errors import InputError
 from syncas_jax.nets.config import ModelConfig
-from syncas_jax.nets.reference import check_against, convert_reference_state, load_reference_pth
+from syncas_jax.nets.reference import (
+    REFERENCE_ORIENTATION,
+    check_against,
+    convert_reference_state,
+    load_reference_pth,
+)
 from syncas_jax.train.state import TrainState
 
 
@@ -73,7 +78,12 @@ def read_pretrained(path: str | os.PathLike, model: ModelConfig) -> tuple[dict[s
             reference["network_weights"], reference["projection_heads_weights"], depth=model.depth,
             norm=model.norm, source=source,
         )  # fmt: skip
-        return variables, {"model": model.architecture(), "epoch": reference["current_epoch"], "orientation": "file"}
+        meta = {
+            "model": model.architecture(),
+            "epoch": reference["current_epoch"],
+            "orientation": REFERENCE_ORIENTATION,
+        }
+        return variables, meta
     if path.exists():
         raise InputError(path, "not a checkpoint: expected a syncas_jax checkpoint folder or a reference .pth")
     raise InputError(path, "checkpoint not found")
