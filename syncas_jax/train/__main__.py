@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--config",
         required=True,
         help="JSON config file (reference config.json keys accepted) or the name of a shipped config "
-        "(demo, reference, reference_original)",
+        "(demo, reference, reference_original, finetune)",
     )
     parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoints/latest")
     parser.add_argument(

@@ -28,12 +28,31 @@ def test_reference_config_loads_as_is():
     assert config.loss.branch_aware is True and config.data.batch_size == 4 and config.train.num_epochs == 100
 
 
-@pytest.mark.parametrize("name", ["demo", "reference", "reference_original"])
+@pytest.mark.parametrize("name", ["demo", "reference", "reference_original", "finetune"])
 def test_shipped_configs_load_by_name_and_path(name):
     by_name, _ = load_config(name)
     by_path, _ = load_config(CONFIGS / f"{name}.json")
     assert isinstance(by_name, Config) and by_name == by_path
     assert name in shipped_configs()
+
+
+def test_finetune_is_the_reference_recipe_at_a_tenth_of_the_rate_and_a_fifth_of_the_steps():
+    finetune, reference = load_config("finetune")[0], load_config("reference")[0]
+    assert finetune.model == reference.model and finetune.loss == reference.loss
+    assert finetune.train.initial_lr == reference.train.initial_lr / 10
+    assert finetune.train.total_steps * 5 == reference.train.total_steps
+    assert finetune.augment is not None  # the contrastive pair of a one-view scan (design §12)
+
+
+def test_several_caches_with_weights():
+    config, _ = config_from_dict({"data_dir": ["real", "synthetic"], "data_weights": [3, 1]})
+    assert config.data.caches == ("real", "synthetic") and config.data.cache_weights == (0.75, 0.25)
+    assert config_from_dict(config.to_flat())[0] == config
+    assert config_from_dict({"data_dir": "one"})[0].data.caches == ("one",)
+    with pytest.raises(InputError, match="data_weights has 1 entries for 2 caches"):
+        config_from_dict({"data_dir": ["a", "b"], "data_weights": [1]})
+    with pytest.raises(InputError, match="'data_dir' must be a string"):
+        config_from_dict({"data_dir": 3})
 
 
 def test_flat_keys_round_trip():
