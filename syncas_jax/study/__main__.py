@@ -41,7 +41,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--size", choices=sorted(SIZES), default="cpu", help="cpu: 2-core CPU in ≤ 1 hour; gpu: one accelerator"
     )
     parser.add_argument("-o", "--out", type=Path, required=True, help="study folder")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; with --finetune 0)")
+    parser.add_argument(
+        "--finetune",
+        action="store_true",
+        help="the fine-tuning study instead (syncas_jax.study.finetune): the demo's model fine-tuned on 2 labelled "
+        "scans of an unseen protocol, against no fine-tuning, training from scratch and synthetic mixing",
+    )
+    parser.add_argument(
+        "--pretrained",
+        type=Path,
+        help="with --finetune: a finished demo run folder (default: run `python -m syncas_jax.demo` into OUT/demo)",
+    )
     parser.add_argument(
         "--arms",
         nargs="+",
@@ -49,7 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=list(DEFAULT_ARMS),
         help=f"arms to run (default {' '.join(DEFAULT_ARMS)}; 'online' renders the views in the train step)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.pretrained is not None and not args.finetune:
+        parser.error("--pretrained applies to --finetune")
+    if args.seeds is None:
+        args.seeds = [0] if args.finetune else [0, 1, 2]
+    return args
 
 
 def run_config(out: Path, size: StudySize, arm: str, seed: int) -> dict[str, Any]:
@@ -103,6 +119,35 @@ def run_one(out: Path, size: StudySize, arm: str, seed: int) -> dict[str, Any]:
     return result
 
 
+def finetune_study(args: argparse.Namespace) -> int:
+    """`--finetune`: every arm of `study.finetune` per seed, then the table, JSON, CSV and plot in OUT/finetune.*."""
+    from syncas_jax.study.finetune import FINETUNE_ARMS, FINETUNE_METRICS, prepare, run_arm
+
+    started = time.perf_counter()
+    log = args.out / "study.log"
+    demo = args.pretrained or args.out / "demo"
+    if args.pretrained is None:
+        run_stage(python_m("syncas_jax.demo", "--out", demo, "--seed", args.seeds[0]), log)
+    test = prepare(args.out, demo, log)
+    results = []
+    for arm in FINETUNE_ARMS:
+        for seed in args.seeds:
+            print(f"\n[{arm}, seed {seed}]", flush=True)
+            result = run_arm(args.out, demo, test, arm, seed)
+            print(f"  held-out Dice {result['mean']['dice']:.3f}, clDice {result['mean']['cldice']:.3f}", flush=True)
+            results.append(result)
+    table = summarize_runs(results, FINETUNE_METRICS)
+    write_json({"study": "finetune", "seeds": args.seeds, "arms": table, "runs": results}, args.out / "finetune.json")
+    write_csv(results, args.out / "finetune.csv", FINETUNE_METRICS)
+    markdown = format_table(table, FINETUNE_METRICS)
+    write_text(markdown + "\n", args.out / "finetune.md")
+    plot(results, args.out / "finetune.png")
+    print(
+        f"\n{markdown}\n\nfine-tuning study finished in {time.perf_counter() - started:.0f} s; results in {args.out}/"
+    )
+    return 0
+
+
 @guarded
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -110,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(args.out / ".jax_cache"))  # every run of an arm compiles once
+    if args.finetune:
+        return finetune_study(args)
     size = SIZES[args.size]
     started = time.perf_counter()
     spacing = tuple(run_config(args.out, size, args.arms[0], 0)["spacing"])

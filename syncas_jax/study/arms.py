@@ -65,13 +65,15 @@ SIZES: dict[str, StudySize] = {
 }  # fmt: skip
 
 
-def summarize_runs(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+def summarize_runs(
+    results: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS
+) -> dict[str, dict[str, dict[str, float]]]:
     """{arm: {metric: {"mean", "std", "n"}}} over seeds, of each run's mean over its held-out cases."""
     table: dict[str, dict[str, dict[str, float]]] = {}
     for arm in dict.fromkeys(r["arm"] for r in results):
         runs = [r for r in results if r["arm"] == arm]
         table[arm] = {}
-        for metric in METRICS:
+        for metric in metrics:
             values = np.array([r["mean"][metric] for r in runs], float)
             values = values[np.isfinite(values)]
             table[arm][metric] = {
@@ -82,39 +84,40 @@ def summarize_runs(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, dic
     return table
 
 
-def run_mean(cases: dict[str, dict[str, float]]) -> dict[str, float]:
+def run_mean(cases: dict[str, dict[str, float]], metrics: Sequence[str] = METRICS) -> dict[str, float]:
     """Mean over a run's held-out cases of each metric (finite values only)."""
     out = {}
-    for metric in METRICS:
+    for metric in metrics:
         values = np.array([c[metric] for c in cases.values()], float)
         values = values[np.isfinite(values)]
         out[metric] = float(values.mean()) if values.size else math.nan
     return out
 
 
-def format_table(table: dict[str, dict[str, dict[str, float]]]) -> str:
+def format_table(table: dict[str, dict[str, dict[str, float]]], metrics: Sequence[str] = METRICS) -> str:
     """Markdown table: one row per arm, mean ± std over seeds."""
-    header = "| arm | " + " | ".join(METRICS) + " | seeds |"
-    lines = [header, "|" + "---|" * (len(METRICS) + 2)]
+    header = "| arm | " + " | ".join(metrics) + " | seeds |"
+    lines = [header, "|" + "---|" * (len(metrics) + 2)]
+    digits_of = {"fp": 0, "hd95_mm": 2, "agatston_abs_diff": 1}
     for arm, row in table.items():
         cells = []
-        for metric in METRICS:
+        for metric in metrics:
             mean, std = row[metric]["mean"], row[metric]["std"]
-            digits = 0 if metric == "fp" else (2 if metric == "hd95_mm" else 3)
+            digits = digits_of.get(metric, 3)
             cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {row['dice']['n']} |")
     return "\n".join(lines)
 
 
-def table_csv(results: Sequence[dict[str, Any]]) -> str:
+def table_csv(results: Sequence[dict[str, Any]], metrics: Sequence[str] = METRICS) -> str:
     """One row per (arm, seed, case) and per (arm, seed) mean."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["arm", "seed", "case", *METRICS])
+    writer.writerow(["arm", "seed", "case", *metrics])
     for r in results:
         for case, values in r["cases"].items():
-            writer.writerow([r["arm"], r["seed"], case, *(values[m] for m in METRICS)])
-        writer.writerow([r["arm"], r["seed"], "mean", *(r["mean"][m] for m in METRICS)])
+            writer.writerow([r["arm"], r["seed"], case, *(values[m] for m in metrics)])
+        writer.writerow([r["arm"], r["seed"], "mean", *(r["mean"][m] for m in metrics)])
     return buffer.getvalue()
 
 
@@ -141,5 +144,5 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_csv(results: Sequence[dict[str, Any]], path: Path) -> None:
-    write_text(table_csv(results), path)
+def write_csv(results: Sequence[dict[str, Any]], path: Path, metrics: Sequence[str] = METRICS) -> None:
+    write_text(table_csv(results, metrics), path)
