@@ -6,19 +6,20 @@ a reference network's, a hand-drawn one. Arrays are (Z, Y, X) in the canonical o
 patient right → left); spacing (z, y, x) mm; ids from `syncas_jax.common.arteries`.
 
 1. **Trees.** The mask's 26-connected components of at least `MIN_TREE_FRACTION` of its volume
-   are candidate trees. The two that reach highest (both coronary trees leave the aortic root, at
-   the top of the heart; a piece cut off by a gap starts lower) are the left and right trees; of
-   the two, the one lying further to the patient's left on average (mean column) is the left tree
-   (its top alone can mislead: a posterior descending branch may climb higher on the left than the
-   RCA's ostium). A lone tree is left or right by the side of the field of view's centre its top
-   lies on.
+   are candidate trees. The largest is the left tree (LM, LAD and LCX hold more lumen than the
+   RCA, and a predicted RCA is the one more often broken by gaps); of the candidates lying to the
+   patient's right of it on average (mean column), the one that reaches highest is the right tree
+   (the RCA leaves the aortic root at the top of the heart; a piece cut off by a gap starts
+   lower). A lone tree is left or right by the side of the field of view's centre its top lies on.
 2. **The right tree** is the RCA (with its acute marginal and posterior descending branches).
 3. **The ostia.** Both trees leave the aortic root, so their ostia are the closest pair of tips
    (endpoints of the trees' skeletons), one per tree, preferring high ones: the pair minimising
    distance − `OSTIUM_HEIGHT_WEIGHT` × mean height (mm). The closest pair alone can be the distal
    LCX meeting the RCA at the crux, low on the heart; the most superior voxel alone can be an LCX
-   that climbs the atrioventricular groove above the left main. A lone left tree's ostium is its
-   most superior tip.
+   that climbs the atrioventricular groove above the left main. Of the `OSTIUM_CANDIDATES` best
+   left tips, the one with the widest lumen within `OSTIUM_WIDTH_MM` is the ostium: the LM is
+   the widest coronary artery, and on a predicted mask whose proximal RCA is missing the pairing
+   alone can pick a distal LCX tip. A lone left tree's ostium is its most superior tip.
 4. **The left tree.** From its ostium, geodesic distances along the mask (26-neighbour steps in
    mm) give the farthest voxel; the path there runs down one main artery. Voxels farther than
    `BRANCH_MIN_MM` from that path form branches; of the branches at least half as long as the
@@ -55,6 +56,8 @@ from syncas_jax.common.arteries import ARTERY_IDS, OTHER_ID
 MIN_TREE_FRACTION = 0.05  # of the mask's volume: a component this large may be a whole tree
 BRANCH_MIN_MM = 4.0  # farther than this from the main path along the mask: a branch, not the vessel's own lumen
 ATTACH_MAX_MM = 15.0  # a piece further than this from every labelled voxel is "other"
+OSTIUM_CANDIDATES = 2  # best-paired tips tried as the left ostium: the wider (the LM) wins
+OSTIUM_WIDTH_MM = 4.0  # how far from a tip its lumen width is measured
 OSTIUM_HEIGHT_WEIGHT = 0.5  # mm of distance a mm of height is worth when pairing the ostia (set on phantoms 0-7)
 LM, LAD, LCX, RCA = (ARTERY_IDS[name] for name in ("LM", "LAD", "LCX", "RCA"))
 _OFFSETS = [(dz, dy, dx) for dz in (0, 1) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dz, dy, dx) > (0, 0, 0)]
@@ -74,8 +77,10 @@ def label_arteries(mask: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
         out[components == right] = RCA
     if left:
         box, tree = _component_box(components, left)
-        ostium = _left_ostium(tree, box, components == right if right else None, spacing)
-        out[box][tree] = _label_left_tree(tree, ostium, spacing)[tree]
+        ostia = _left_ostia(tree, box, components == right if right else None, spacing)[:OSTIUM_CANDIDATES]
+        ostium = max(ostia, key=lambda tip: _width_near(tree, tip, spacing))  # the LM is the widest artery
+        _, labelled = _label_left_tree(tree, _voxel_graph(tree, spacing), ostium, spacing)
+        out[box][tree] = labelled[tree]
     _attach_pieces(out, components, [c for c in (left, right) if c], spacing)
     return out
 
@@ -91,16 +96,16 @@ def artery_accuracy(predicted: np.ndarray, truth: np.ndarray) -> float:
 def _pick_trees(components: np.ndarray, sizes: np.ndarray, width: int) -> tuple[int, int]:
     """(left tree id, right tree id) among the components (0 where there is none)."""
     candidates = [int(c) for c in np.flatnonzero(sizes >= MIN_TREE_FRACTION * sizes.sum()) if c > 0]
-    tops = {c: _top_voxel(components == c) for c in candidates}
-    highest = sorted(candidates, key=lambda c: -tops[c][0])[:2]
-    if len(highest) == 2:
-        first, second = highest
-        columns = {c: np.argwhere(components == c)[:, 2].mean() for c in highest}
-        return (first, second) if columns[first] > columns[second] else (second, first)
-    if highest:
-        lone = highest[0]
-        return (lone, 0) if tops[lone][2] >= (width - 1) / 2 else (0, lone)
-    return 0, 0
+    if len(candidates) == 1:
+        lone = candidates[0]
+        return (lone, 0) if _top_voxel(components == lone)[2] >= (width - 1) / 2 else (0, lone)
+    if not candidates:
+        return 0, 0
+    columns = {c: np.argwhere(components == c)[:, 2].mean() for c in candidates}
+    left = max(candidates, key=lambda c: sizes[c])
+    rightward = [c for c in candidates if columns[c] < columns[left]]
+    right = max(rightward, key=lambda c: _top_voxel(components == c)[0], default=0)
+    return left, right
 
 
 def _top_voxel(component: np.ndarray) -> np.ndarray:
@@ -128,21 +133,32 @@ def _tips(mask: np.ndarray) -> np.ndarray:
     return where[np.argmax(where[:, 0])][None]
 
 
-def _left_ostium(tree: np.ndarray, box: tuple[slice, ...], right: np.ndarray | None, spacing: Sequence[float]):
-    """(z, y, x) in `tree`'s box of the left tree's ostium (module docstring, step 3).
+def _width_near(tree: np.ndarray, tip: np.ndarray, spacing: Sequence[float]) -> float:
+    """The largest distance to the tree's edge (mm) within OSTIUM_WIDTH_MM of `tip`: the lumen radius there."""
+    scale = np.asarray(spacing, np.float64)
+    reach = np.ceil(OSTIUM_WIDTH_MM / scale).astype(int)
+    box = tuple(slice(max(0, int(t) - r), int(t) + r + 1) for t, r in zip(tip, reach))
+    near = tree[box]
+    grid = np.stack(np.meshgrid(*(np.arange(b.start, b.start + n) for b, n in zip(box, near.shape)), indexing="ij"), -1)
+    within = near & (np.linalg.norm((grid - tip) * scale, axis=-1) <= OSTIUM_WIDTH_MM)
+    radius = edt.edt(np.ascontiguousarray(tree[box]), anisotropy=tuple(float(s) for s in spacing), black_border=False)
+    return float(radius[within].max()) if within.any() else 0.0
+
+
+def _left_ostia(tree: np.ndarray, box: tuple[slice, ...], right: np.ndarray | None, spacing: Sequence[float]):
+    """(K, 3) (z, y, x) in `tree`'s box: the left tree's tips, the likeliest ostium first (module docstring, step 3).
 
     right: bool mask of the whole right tree (the full volume), or None."""
     scale = np.asarray(spacing, np.float64)
     left_tips = _tips(tree)
     if right is None:
-        return left_tips[np.argmax(left_tips[:, 0])]
+        return left_tips[np.argsort(-left_tips[:, 0], kind="stable")]
     right_box, right_tree = _component_box(right.astype(np.int32), 1)
     offset = np.array([b.start for b in right_box]) - np.array([b.start for b in box])
     right_tips = _tips(right_tree) + offset
     distance = np.linalg.norm((left_tips[:, None] - right_tips[None]) * scale, axis=2)
     height = (left_tips[:, None, 0] + right_tips[None, :, 0]) * scale[0] / 2
-    best, _ = np.unravel_index(np.argmin(distance - OSTIUM_HEIGHT_WEIGHT * height), distance.shape)
-    return left_tips[best]
+    return left_tips[np.argsort((distance - OSTIUM_HEIGHT_WEIGHT * height).min(axis=1), kind="stable")]
 
 
 @dataclass(frozen=True)
@@ -182,9 +198,11 @@ def _voxel_graph(mask: np.ndarray, spacing: Sequence[float]) -> _Graph:
     return _Graph(voxels, matrix)
 
 
-def _label_left_tree(tree: np.ndarray, ostium: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
-    """uint8 map (tree's shape) of LM, LAD, LCX over the voxels of one connected left tree; ostium (z, y, x) in it."""
-    graph = _voxel_graph(tree, spacing)
+def _label_left_tree(
+    tree: np.ndarray, graph: _Graph, ostium: np.ndarray, spacing: Sequence[float]
+) -> tuple[float, np.ndarray]:
+    """(LM length mm, uint8 map (tree's shape) of LM, LAD, LCX) of one connected left tree seen from `ostium`
+    (z, y, x), one of its voxels; graph: the tree's voxel graph."""
     voxels = graph.voxels
     root = int(np.flatnonzero((voxels == np.asarray(ostium)).all(axis=1))[0])
     from_root, to_root, _ = graph.distances(np.array([root]))
@@ -192,12 +210,13 @@ def _label_left_tree(tree: np.ndarray, ostium: np.ndarray, spacing: Sequence[flo
     other = _other_main_artery(graph, main, from_root, to_root)
     if other is None:  # one path: no bifurcation seen; its first third is the LM
         cut = max(1, len(main) // 3)
-        shared, arms = main[:cut], [main[cut:]]
+        shared, arms, trunk_end = main[:cut], [main[cut:]], main[cut - 1]
     else:
         trunk = 2 * float(edt.edt(tree, anisotropy=tuple(float(s) for s in spacing)).max())
         main_lm, other_lm = _common_start(graph, main, other, trunk), _common_start(graph, other, main, trunk)
         shared = main_lm + other_lm
         arms = [main[len(main_lm) :], other[len(other_lm) :]]
+        trunk_end = main_lm[-1] if main_lm else root
     seeds = [shared, *(arm for arm in arms if arm)]
     _, _, nearest = graph.distances(np.concatenate([np.asarray(s, np.int64) for s in seeds]))
     seed_part = np.concatenate([np.full(len(s), k) for k, s in enumerate(seeds)])
@@ -213,7 +232,7 @@ def _label_left_tree(tree: np.ndarray, ostium: np.ndarray, spacing: Sequence[flo
     values = np.array([LM, *arm_labels], np.uint8)
     out = np.zeros(tree.shape, np.uint8)
     out[tuple(voxels.T)] = values[part]
-    return out
+    return float(from_root[trunk_end]), out
 
 
 def _common_start(graph: _Graph, path: list[int], other: list[int], within_mm: float) -> list[int]:
