@@ -81,8 +81,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--calcium-load",
         choices=(*CALCIUM_LOADS, "cycle"),
         default="default",
-        help="plaques per view: default 0-15 (65%% calcified); none; mild 1-2, moderate 4-7, severe 13-15 calcified; "
-        "cycle: none, mild, moderate, severe in turn over the sorted cases",
+        help="plaques per view: default 0-15 (65%% calcified, sized by the lumen); none; calcified plaques of "
+        "clinical size: mild 1-2, moderate 3-4, severe 6-9; cycle: none, mild, moderate, severe in turn over the "
+        "sorted cases",
     )
     parser.add_argument("--chunk", type=int, default=32, help="axial slices simulated at once (memory vs speed)")
     parser.add_argument("--phantom", type=int, metavar="N", help="write N phantom CTA input cases into -o instead")

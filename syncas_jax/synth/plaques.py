@@ -43,20 +43,24 @@ TABLE_COLUMNS = 7  # centreline table: z, y, x (mm), lumen radius (mm), unit tan
 
 
 class CalciumLoad(NamedTuple):
-    """How many plaques a view gets (uniform in [min_count, max_count]) and the chance each is calcified."""
+    """How many plaques a view gets (uniform in [min_count, max_count]), the chance each is calcified, and their
+    cross-section semi-axis: uniform in radius_mm (mm) when given, else RADIUS_FRACTION × the lumen radius."""
 
     min_count: int
     max_count: int
     p_calcified: float
+    radius_mm: tuple[float, float] | None = None
 
 
-# "default" is the training draw; the others give held-out sets that span the risk categories (design §13).
+# "default" is the training draw. The others are calcified plaques of clinical size (1-3 mm cross-section
+# semi-axis) for held-out sets that span the risk categories (design §13); their ranges were set by reading
+# phantoms 8-12 with the ideal reader: mild mostly 1-99, moderate mostly 100-399, severe >= 400.
 CALCIUM_LOADS = {
     "default": CalciumLoad(0, MAX_PLAQUES, P_CALCIFIED),
     "none": CalciumLoad(0, 0, 0.0),
-    "mild": CalciumLoad(1, 2, 1.0),
-    "moderate": CalciumLoad(4, 7, 1.0),
-    "severe": CalciumLoad(13, MAX_PLAQUES, 1.0),
+    "mild": CalciumLoad(1, 2, 1.0, (0.9, 1.4)),
+    "moderate": CalciumLoad(3, 4, 1.0, (1.4, 1.8)),
+    "severe": CalciumLoad(6, 9, 1.0, (1.8, 2.6)),
 }
 
 
@@ -109,15 +113,19 @@ def wall_thickness(spacing: tuple[float, float, float]) -> float:
     return max(0.5, float(min(spacing[1:])))
 
 
-def plaque_box(max_lumen_mm: float, spacing: tuple[float, float, float]) -> tuple[int, int, int]:
+def plaque_box(
+    max_lumen_mm: float, spacing: tuple[float, float, float], max_radius_mm: float | None = None
+) -> tuple[int, int, int]:
     """Static (z, y, x) box size in voxels that holds any plaque (and its wall) on a lumen ≤ max_lumen_mm.
 
     A plaque reaches max(half-length, radius) + lumen + wall + one voxel from its axis point:
-    at most 3·lumen + wall + pixel, since radius ≤ 0.8·lumen and half-length ≤ 2.5·radius.
+    at most 3·lumen + wall + pixel, since radius ≤ 0.8·lumen and half-length ≤ 2.5·radius; with
+    plaques of up to max_radius_mm (a load's `radius_mm`), 2.5·max_radius_mm + lumen + wall + pixel.
     """
     pixel = float(min(spacing[1:]))
     lumen = max(float(max_lumen_mm), pixel)
-    reach = 3.0 * lumen + wall_thickness(spacing) + pixel
+    radius = 0.8 * lumen if max_radius_mm is None else max(float(max_radius_mm), 0.8 * lumen)
+    reach = ELONGATION[1] * radius + lumen + wall_thickness(spacing) + pixel
     return tuple(2 * math.ceil(reach / s) + 1 for s in spacing)
 
 
@@ -175,7 +183,9 @@ def draw_plaques(
     hu = jnp.where(
         calcified, _uniform(keys[3], CALCIFIED_HU, (MAX_PLAQUES,)), _uniform(keys[4], NONCALCIFIED_HU, (MAX_PLAQUES,))
     )
-    radius = jnp.maximum(lumen * _uniform(keys[5], RADIUS_FRACTION, (MAX_PLAQUES,)), 0.6 * pixel_mm)
+    size = lumen * _uniform(keys[5], RADIUS_FRACTION, (MAX_PLAQUES,)) if load.radius_mm is None else (
+        _uniform(keys[5], load.radius_mm, (MAX_PLAQUES,)))  # fmt: skip
+    radius = jnp.maximum(size, 0.6 * pixel_mm)
     half_length = radius * _uniform(keys[6], ELONGATION, (MAX_PLAQUES,))
     centre = axis_mm + _across(tangent, keys[7]) * lumen[:, None]
     return PlaqueDraw(valid, index, calcified, hu, lumen, radius, half_length, axis_mm, centre, tangent)
@@ -265,7 +275,8 @@ def insert_plaques(
         return image.copy(), []
     spacing = tuple(float(s) for s in spacing)
     # Quarter-millimetre steps of the box bound: few distinct compiled shapes over a data set.
-    box = plaque_box(math.ceil(4.0 * float(np.max(centreline.radius_mm))) / 4.0, spacing)
+    max_radius = None if load.radius_mm is None else load.radius_mm[1]
+    box = plaque_box(math.ceil(4.0 * float(np.max(centreline.radius_mm))) / 4.0, spacing, max_radius)
     table = centreline_table(centreline, spacing)
     out, voxels, plaques = jax.device_get(
         _insert(image, np.asarray(mask, bool), table, len(table), key, spacing, box, load)
