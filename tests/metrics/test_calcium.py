@@ -157,3 +157,32 @@ def test_risk_categories(agatston, category):
 )  # fmt: skip
 def test_cac_drs(agatston, vessels, expected):
     assert cac_drs(agatston, vessels) == expected
+
+
+def _disc(shape, centre, radius):
+    rows, columns = np.ogrid[: shape[0], : shape[1]]
+    return (rows - centre[0]) ** 2 + (columns - centre[1]) ** 2 <= radius**2
+
+
+@pytest.mark.parametrize("structure", ["sternum", "vertebra", "aortic_wall"])
+def test_non_coronary_structures_the_mask_strays_onto_stay_out(structure):
+    """0.5 mm pixels, 60 × 60 mm slice. A coronary lumen (rows 58-61) carries a real wall lesion at its left end and
+    strays, at its right end, onto a bright structure that runs far beyond the 3 mm margin: only the lesion scores."""
+    image = np.full((1, 120, 120), 40.0)
+    mask = np.zeros(image.shape, bool)
+    mask[0, 58:62, 10:70] = True
+    image[0, 60:64, 14:18] = 450.0  # 16 px = 4 mm², weight 4, half in the wall
+    if structure == "sternum":  # a 5 mm thick plate, 50 mm wide, the lumen's end lying on its edge
+        image[0, 61:71, 60:120] = 600.0
+    elif structure == "vertebra":  # a 30 mm body with a 1.5 mm cortex; the lumen ends on its rim
+        ring = _disc((120, 120), (90, 75), 30) & ~_disc((120, 120), (90, 75), 27)
+        image[0][ring] = 700.0
+        mask[0, 58:62, 70:76] = True
+    else:  # a calcified arc of the aortic wall (radius 15 mm, 1 mm thick, a half circle) the lumen touches
+        arc = _disc((120, 120), (90, 70), 30) & ~_disc((120, 120), (90, 70), 28)
+        image[0][arc & (np.arange(120)[:, None] < 90)] = 400.0
+        mask[0, 58:62, 70:72] = True
+    result = calcium_score(image, mask, (3.0, 0.5, 0.5))
+    assert [(les.area_mm2, les.weight) for les in result.lesions] == [(4.0, 4)]
+    assert result.agatston == 16.0
+    assert len(result.excluded) == 1 and result.excluded[0].outside_fraction > 0.25
