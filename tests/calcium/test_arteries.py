@@ -7,9 +7,11 @@ Near the bifurcation the split is a matter of millimetres, so the exact check le
 
 from __future__ import annotations
 
+import cc3d
 import numpy as np
 import pytest
 
+from syncas_jax.calcium import arteries
 from syncas_jax.calcium.arteries import artery_accuracy, label_arteries
 from syncas_jax.common.arteries import ARTERY_IDS, OTHER_ID
 
@@ -19,14 +21,14 @@ RADIUS_MM = 1.5
 BIFURCATION = (30.0, 40.0, 72.0)  # voxel (z, y, x)
 
 
-def _tube(points: list[tuple[float, float, float]]) -> np.ndarray:
-    """bool SHAPE: voxels within RADIUS_MM of the polyline through `points` (voxel coordinates)."""
+def _tube(points: list[tuple[float, float, float]], radius_mm: float = RADIUS_MM) -> np.ndarray:
+    """bool SHAPE: voxels within `radius_mm` of the polyline through `points` (voxel coordinates)."""
     grid = np.stack(np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij"), -1) * np.asarray(SPACING)
     inside = np.zeros(SHAPE, bool)
     for a, b in zip(points[:-1], points[1:]):
         a, b = np.asarray(a) * SPACING, np.asarray(b) * SPACING
         t = np.clip(((grid - a) @ (b - a)) / ((b - a) @ (b - a)), 0, 1)
-        inside |= np.linalg.norm(grid - (a + t[..., None] * (b - a)), axis=-1) <= RADIUS_MM
+        inside |= np.linalg.norm(grid - (a + t[..., None] * (b - a)), axis=-1) <= radius_mm
     return inside
 
 
@@ -89,3 +91,23 @@ def test_accuracy_counts_the_voxels_labelled_in_both():
     assert artery_accuracy(predicted, truth) == 3 / 4
     assert np.isnan(artery_accuracy(np.zeros(3), np.zeros(3)))
     assert (label_arteries(np.zeros(SHAPE, bool), SPACING) == 0).all()
+
+
+def test_the_wider_of_the_best_paired_tips_is_the_ostium():
+    """A predicted mask that lost the proximal RCA: the RCA starts low, by the distal LCX, so pairing tips alone
+    takes the LCX's end for the left ostium; the LM (2 mm radius against 1.5 mm) is the wider tip and wins."""
+    vessels = {
+        "LM": [(33, 42, 58), BIFURCATION], "LAD": [BIFURCATION, (24, 15, 85), (4, 10, 105)],
+        "LCX": [BIFURCATION, (20, 75, 90)], "RCA": [(14, 78, 60), (6, 55, 12)],
+    }  # fmt: skip
+    truth = np.zeros(SHAPE, np.uint8)
+    for name in ("LAD", "LCX", "RCA", "LM"):
+        truth[_tube(vessels[name], 2.0 if name == "LM" else RADIUS_MM)] = ARTERY_IDS[name]
+    components = cc3d.connected_components(truth > 0, connectivity=26)
+    left, right = (int(components[tuple(np.argwhere(truth == ARTERY_IDS[n])[0])]) for n in ("LM", "RCA"))
+    box, tree = arteries._component_box(components, left)
+    paired_first = arteries._left_ostia(tree, box, components == right, SPACING)[0] + [b.start for b in box]
+    assert truth[tuple(paired_first)] == ARTERY_IDS["LCX"]  # the condition under test
+    predicted = label_arteries(truth > 0, SPACING)
+    away = _away_from_bifurcation() & (truth > 0)
+    np.testing.assert_array_equal(predicted[away], truth[away])
