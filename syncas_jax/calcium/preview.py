@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from syncas_jax.common.files import atomic_path
 WINDOW_HU = (-250.0, 750.0)  # wide enough to tell calcium (≥ 130 HU) from soft tissue
 MAX_PANELS = 4
 MARGIN = 12
+EXCLUDED_COLOUR = (0.2, 0.45, 1.0)  # bone or aortic wall the mask touched, not scored
 WEIGHT_COLOURS = {1: (1.0, 0.9, 0.1), 2: (1.0, 0.55, 0.0), 3: (1.0, 0.1, 0.1), 4: (0.85, 0.1, 0.9)}
 
 
@@ -32,8 +34,10 @@ def write_preview(
     weights: np.ndarray,
     spacing: Sequence[float],
     title: str,
+    excluded: np.ndarray | None = None,
 ) -> None:
-    """PNG: per chosen slice the CT (window −250..750 HU), the mask outline (cyan) and lesions by weight.
+    """PNG: per chosen slice the CT (window −250..750 HU), the mask outline (cyan), lesions by weight and the
+    structures left out as bone or aortic wall (`excluded`, bool (Z, Y, X), blue).
 
     Arrays (Z, Y, X) in canonical orientation (rows anterior → posterior, columns patient right → left:
     the radiological display); spacing (z, y, x) mm sets the pixel aspect.
@@ -44,7 +48,8 @@ def write_preview(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    slices = preview_slices(mask, weights)
+    excluded = np.zeros(mask.shape, bool) if excluded is None else excluded
+    slices = preview_slices(mask, weights + excluded)
     ys, xs = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
     if ys.size:
         rows = slice(max(ys[0] - MARGIN, 0), min(ys[-1] + MARGIN + 1, mask.shape[1]))
@@ -59,6 +64,7 @@ def write_preview(
         if inside.any() and not inside.all():
             ax.contour(inside.astype(np.float32), levels=[0.5], colors=["cyan"], linewidths=0.8)
         overlay = np.zeros((*inside.shape, 4))
+        overlay[excluded[z, rows, cols]] = (*EXCLUDED_COLOUR, 0.6)
         for weight, colour in WEIGHT_COLOURS.items():
             overlay[weights[z, rows, cols] == weight] = (*colour, 0.9)
         ax.imshow(overlay, aspect=aspect, interpolation="nearest")
@@ -66,8 +72,9 @@ def write_preview(
         ax.set_axis_off()
     handles = [Patch(color="cyan", label="coronary mask")]
     handles += [Patch(color=c, label=f"weight {w}") for w, c in WEIGHT_COLOURS.items()]
+    handles += [Patch(color=EXCLUDED_COLOUR, label="excluded")] if excluded.any() else []
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False, fontsize=9)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(textwrap.fill(title, 40 * len(slices)), fontsize=10)
     fig.tight_layout(rect=(0, 0.07, 1, 0.94))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)

@@ -22,6 +22,8 @@ with exactly the input's affine, header and layout. With --save-probabilities th
 coronary-class probability goes to `<output stem>_prob.nii.gz`: float32 in [0, 1], same
 grid, affine and header. --report writes the calcium report of the scan inside the
 predicted mask (`<output stem>_calcium.json/.csv/.png`, see `python -m syncas_jax.calcium`);
+--arteries writes the mask's artery map (`<output stem>_arteries.nii.gz`, LM 1, LAD 2, LCX 3,
+RCA 4, other 5; `syncas_jax.calcium.arteries`), the one the report's per-artery table uses;
 --dicom-seg writes `<output stem>.seg.dcm`, a DICOM Segmentation referencing the source
 series (series inputs only). Extras are written before the mask, so an existing mask
 marks a finished case.
@@ -102,8 +104,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--save-probabilities", action="store_true", help="also write <name>_prob.nii.gz (float32 coronary probability)"
     )
     parser.add_argument(
-        "--report", action="store_true", help="also write the calcium report (<name>_calcium.json/.csv/.png)"
-    )
+        "--report", action="store_true",
+        help="also write the calcium report (<name>_calcium.json/.csv/.png): per artery, CAC-DRS",
+    )  # fmt: skip
+    parser.add_argument(
+        "--arteries", action="store_true",
+        help="also write the mask's artery map <name>_arteries.nii.gz (LM 1, LAD 2, LCX 3, RCA 4, other 5)",
+    )  # fmt: skip
     parser.add_argument(
         "--dicom-seg", action="store_true", help="DICOM series inputs: also write <name>.seg.dcm (DICOM SEG)"
     )
@@ -151,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     inputs = find_inputs(args.input)
     pairs = plan_outputs(inputs, args.input, args.output)
-    extras = {"probabilities": args.save_probabilities, "report": args.report, "dicom_seg": args.dicom_seg}
+    extras = {"probabilities": args.save_probabilities, "report": args.report, "dicom_seg": args.dicom_seg,
+              "arteries": args.arteries}  # fmt: skip
     todo = [(s, o) for s, o in pairs if args.overwrite or not case_done(o, source=s, **extras)]
     if args.dicom_seg and any(not s.is_dir() for s, _ in todo):
         note("--dicom-seg: NIfTI inputs get a NIfTI mask only (a DICOM SEG needs the source series)")

@@ -17,17 +17,20 @@ from pathlib import Path
 import numpy as np
 
 from syncas_jax import __version__
+from syncas_jax.calcium.arteries import label_arteries
 from syncas_jax.calcium.report import report_paths, scan_calcium, write_calcium_report
 from syncas_jax.common.dicom import DicomSeries, find_series_folders, read_dicom_series
 from syncas_jax.common.dicom_seg import write_dicom_seg
 from syncas_jax.common.errors import InputError
 from syncas_jax.common.nifti import NIFTI_SUFFIXES, Volume, read_volume, strip_nifti_suffix, write_volume
 from syncas_jax.data.layout import PATCH_SIZE, TARGET_SPACING
+from syncas_jax.data.orientation import to_canonical
 from syncas_jax.data.volume import Prediction, predict_volume
 from syncas_jax.nets.sliding_window import PredictFn, ProgressFn, predict_sliding_window
 
 PROBABILITY_SUFFIX = "_prob"
 SEG_SUFFIX = ".seg.dcm"
+ARTERIES_OUTPUT_SUFFIX = "_arteries"
 
 
 def output_name(input_name: str) -> str:
@@ -44,6 +47,19 @@ def probability_path(output: Path) -> Path:
 def seg_path(output: Path) -> Path:
     """`<dir>/<stem>.nii.gz` → `<dir>/<stem>.seg.dcm`."""
     return output.with_name(strip_nifti_suffix(output.name) + SEG_SUFFIX)
+
+
+def arteries_path(output: Path) -> Path:
+    """`<dir>/<stem>.nii.gz` → `<dir>/<stem>_arteries.nii.gz` (same extension as the mask)."""
+    stem = strip_nifti_suffix(output.name)
+    return output.with_name(f"{stem}{ARTERIES_OUTPUT_SUFFIX}{output.name[len(stem) :]}")
+
+
+def artery_volume(mask: Volume) -> Volume:
+    """The artery map (`syncas_jax.common.arteries` ids) of a coronary mask, in the mask's own file geometry."""
+    canonical, move = to_canonical(mask)
+    labelled = label_arteries(np.asarray(canonical.array) > 0, canonical.spacing)
+    return Volume(np.ascontiguousarray(move.undo(labelled)), mask.spacing, mask.affine, mask.header, mask.path)
 
 
 def report_stem(output: Path) -> Path:
@@ -91,10 +107,16 @@ def plan_outputs(inputs: list[Path], input_path: Path, output: Path) -> list[tup
 
 
 def case_outputs(
-    source: Path, output: Path, probabilities: bool = False, report: bool = False, dicom_seg: bool = False
+    source: Path,
+    output: Path,
+    probabilities: bool = False,
+    report: bool = False,
+    dicom_seg: bool = False,
+    arteries: bool = False,
 ) -> list[Path]:
     """Every file a case writes, the mask last. The DICOM SEG only for a series input."""
     paths = [probability_path(output)] if probabilities else []
+    paths += [arteries_path(output)] if arteries else []
     if report:
         paths += list(report_paths(report_stem(output)).values())
     if dicom_seg and source.is_dir():
@@ -103,10 +125,16 @@ def case_outputs(
 
 
 def case_done(
-    output: Path, probabilities: bool, report: bool = False, dicom_seg: bool = False, source: Path | None = None
+    output: Path,
+    probabilities: bool,
+    report: bool = False,
+    dicom_seg: bool = False,
+    source: Path | None = None,
+    arteries: bool = False,
 ) -> bool:
     """True when the mask and every other requested output of the case exist."""
-    return all(p.exists() for p in case_outputs(source or output, output, probabilities, report, dicom_seg))
+    outputs = case_outputs(source or output, output, probabilities, report, dicom_seg, arteries)
+    return all(p.exists() for p in outputs)
 
 
 def read_input(path: Path) -> tuple[Volume, DicomSeries | None]:
@@ -176,14 +204,16 @@ def run_case(
     probabilities: bool = False,
     report: bool = False,
     dicom_seg: bool = False,
+    arteries: bool = False,
     progress: ProgressFn | None = None,
 ) -> Prediction:
     """Read one file or series, predict it and write the mask (and the requested extras) atomically, mask last.
 
-    report: the calcium report of the scan inside the predicted mask; dicom_seg: a DICOM SEG of the mask
-    referencing the source series (series inputs only).
+    report: the calcium report of the scan found through the predicted mask, per artery; dicom_seg: a DICOM SEG
+    of the mask referencing the source series (series inputs only); arteries: the mask's artery map
+    (`<stem>_arteries.nii.gz`: LM 1, LAD 2, LCX 3, RCA 4, other 5), the one the report uses.
     """
-    outputs = case_outputs(source, output, probabilities, report, dicom_seg)
+    outputs = case_outputs(source, output, probabilities, report, dicom_seg, arteries)
     if source.resolve() in {p.resolve() for p in outputs} or (
         source.is_dir() and any(source.resolve() in p.resolve().parents for p in outputs)
     ):
@@ -192,9 +222,12 @@ def run_case(
     prediction = predict_case(volume, predict_fn, settings, probabilities=probabilities, progress=progress)
     if prediction.probability is not None:
         write_volume(prediction.probability, probability_path(output), like=volume, dtype=np.float32)
+    mask = Volume(prediction.segmentation, volume.spacing, volume.affine, volume.header, str(output))
+    artery_map = artery_volume(mask) if report or arteries else None
+    if arteries:
+        write_volume(artery_map.array, arteries_path(output), like=volume, dtype=np.uint8)
     if report:
-        mask = Volume(prediction.segmentation, volume.spacing, volume.affine, volume.header, str(output))
-        write_calcium_report(scan_calcium(volume, mask), report_stem(output))
+        write_calcium_report(scan_calcium(volume, mask, artery_map), report_stem(output))
     if dicom_seg and series is not None:
         write_dicom_seg(prediction.segmentation, series, seg_path(output), software_version=__version__)
     write_volume(prediction.segmentation, output, like=volume, dtype=np.uint8)

@@ -1,5 +1,8 @@
 """`python -m syncas_jax.study --size cpu|gpu -o DIR`: the method's claim on phantoms, at a fixed budget.
 
+`python -m syncas_jax.study --calcium -m CHECKPOINT -o DIR`: instead, the calcium agreement study of
+a trained model (`syncas_jax.study.calcium`): DIR/calcium.md, calcium.json, calcium.png.
+
 N training phantoms → two synthetic views each → the same training budget for every arm (Dice + CE
 only; + plain contrastive; + branch-aware contrastive; see `syncas_jax.study.arms`), each with
 several seeds → the last checkpoint of each run segments held-out phantoms rendered as a scanner
@@ -19,7 +22,7 @@ from typing import Any
 
 from syncas_jax.common.console import guarded
 from syncas_jax.common.files import write_json, write_text
-from syncas_jax.demo.dataset import build, case_ids, python_m, run_stage
+from syncas_jax.demo.dataset import build, case_ids, python_m, run_stage, stage_test_scans
 from syncas_jax.study.arms import (
     ARMS,
     DEFAULT_ARMS,
@@ -60,12 +63,58 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=list(DEFAULT_ARMS),
         help=f"arms to run (default {' '.join(DEFAULT_ARMS)}; 'online' renders the views in the train step)",
     )
+    calcium = parser.add_argument_group("calcium agreement study (--calcium)")
+    calcium.add_argument("--calcium", action="store_true", help="run the calcium agreement study of --model instead")
+    calcium.add_argument("-m", "--model", type=Path, help="checkpoint to study (the demo's train/checkpoints/best)")
+    calcium.add_argument("--cases", type=int, default=12, help="held-out phantoms (default 12: 3 per calcium load)")
+    calcium.add_argument("--first-case", type=int, default=8,
+                         help="first phantom id (default 8: the demo trains on 0-7)")  # fmt: skip
+    calcium.add_argument("--phantom-seed", type=int, default=0, help="phantom seed (default 0, the demo's)")
     args = parser.parse_args(argv)
+    if args.calcium and args.model is None:
+        parser.error("--calcium needs -m/--model")
+    if args.calcium and args.finetune:
+        parser.error("--calcium and --finetune are two studies; run one at a time")
     if args.pretrained is not None and not args.finetune:
         parser.error("--pretrained applies to --finetune")
     if args.seeds is None:
         args.seeds = [0] if args.finetune else [0, 1, 2]
     return args
+
+
+def run_calcium_study(args: argparse.Namespace) -> int:
+    """Render the held-out calcium phantoms, segment them with the model, read each scan three ways, report."""
+    from syncas_jax.common.nifti import read_volume
+    from syncas_jax.demo.__main__ import PRESETS
+    from syncas_jax.study import calcium
+
+    shape, spacing, _ = PRESETS["default"]
+    data, log, started = args.out / "calcium", args.out / "calcium.log", time.perf_counter()
+    run_stage(python_m("syncas_jax.synth", "--phantom", args.cases, "--phantom-start", args.first_case,
+                       "-o", data / "cta", "--seed", args.phantom_seed, "--phantom-shape", *shape,
+                       "--phantom-spacing", *spacing), log)  # fmt: skip
+    run_stage(python_m("syncas_jax.synth", "-i", data / "cta", "-o", data / "synth", "--views", 1, "--realistic",
+                       "--calcium-load", "cycle", "--seed", args.phantom_seed), log)  # fmt: skip
+    stage_test_scans(data / "synth", data / "ncct", data / "labels")
+    run_stage(python_m("syncas_jax.infer", "-i", data / "ncct", "-o", data / "pred", "-m", args.model, "--no-tta",
+                       "--report", "--arteries"), log)  # fmt: skip
+    cases = []
+    for case_id in case_ids(data / "synth"):
+        scan = read_volume(data / "ncct" / f"{case_id}_NCCT.nii.gz")
+        cases.append(calcium.case_calcium(
+            case_id, scan, read_volume(data / "pred" / f"CA_{case_id}_NCCT.nii.gz"),
+            read_volume(data / "synth" / f"{case_id}.view0.calcium.nii.gz"),
+            read_volume(data / "labels" / f"{case_id}_NCCT.nii.gz"),
+            read_volume(data / "synth" / f"{case_id}.arteries.nii.gz"),
+        ))  # fmt: skip
+    summary = {"model": str(args.model), "seed": args.phantom_seed, "first_case": args.first_case,
+               **calcium.summarize(cases)}  # fmt: skip
+    write_json(summary, args.out / "calcium.json")
+    report = calcium.format_report(summary)
+    write_text(report + "\n", args.out / "calcium.md")
+    calcium.plot(summary, args.out / "calcium.png")
+    print(f"\n{report}\n\ncalcium study finished in {time.perf_counter() - started:.0f} s; results in {args.out}/")
+    return 0
 
 
 def run_config(out: Path, size: StudySize, arm: str, seed: int) -> dict[str, Any]:
@@ -154,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.calcium:
+        return run_calcium_study(args)
     jax.config.update("jax_compilation_cache_dir", str(args.out / ".jax_cache"))  # every run of an arm compiles once
     if args.finetune:
         return finetune_study(args)

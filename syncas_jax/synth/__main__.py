@@ -4,13 +4,22 @@ Input folder (ImageCAS layout plus organ labels): `{id}.img.nii.gz` (CTA, HU) an
 `{id}.label.nii.gz` (label map, coronary arteries = 128; build it with
 `python -m syncas_jax.synth.merge`). Output folder, per case with K views:
 `{id}.view{k}.img.nii.gz` (int16 HU, the input's affine and header),
-`{id}.view{k}.plaques.json` (inserted plaques) and `{id}.label.nii.gz` (uint8 binary
-coronary mask), written last, so its presence marks the case done; reruns skip done
+`{id}.view{k}.plaques.json` (inserted plaques), `{id}.view{k}.calcium.nii.gz` (uint8 calcium
+lesion map: the voxels of each calcified plaque, valued with its artery, LM 1 LAD 2 LCX 3 RCA 4,
+when the input has an `{id}.arteries.nii.gz` map (copied alongside), else 5) and
+`{id}.label.nii.gz` (uint8 binary coronary mask), written last, so its presence marks the case done; reruns skip done
 cases unless --overwrite. A failing case is logged with its reason (stderr and
 `synth.log` in the output folder) and skipped; the exit status is 1 if any case failed.
 
+Realistic renders (`--realistic`) insert the plaques into the HU volume before the simulated
+acquisition, so its blur, noise and blooming act on the calcium; training views paint them onto the
+acquired image (`--plaques` overrides either). `--calcium-load` sets how many plaques a view gets
+(`cycle`: none, mild, moderate, severe in turn over the sorted cases, so a held-out set spans the
+risk categories).
+
 `--phantom N` instead writes N procedural phantom *CTA input* cases
-(`phantom_{i:03d}.img.nii.gz` + `.label.nii.gz`, full label map; i from `--phantom-start`) into
+(`phantom_{i:03d}.img.nii.gz` + `.arteries.nii.gz` + `.label.nii.gz`, full label map; i from
+`--phantom-start`) into
 -o, ready to be rendered by a second call with that folder as -i. A phantom's anatomy depends
 only on its id and `--seed`, so the same ids at another `--phantom-spacing` are the same
 patients scanned with another protocol.
@@ -25,11 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
+from syncas_jax.common.arteries import ARTERIES_SUFFIX
 from syncas_jax.common.console import guarded, note, progress
 from syncas_jax.common.errors import InputError
 from syncas_jax.common.files import write_json
 from syncas_jax.common.nifti import Volume, check_same_grid, read_volume, write_volume
 from syncas_jax.synth.hu_table import CORONARY_ID, TABLES
+from syncas_jax.synth.plaques import CALCIUM_LOADS
+
+LOAD_CYCLE = ("none", "mild", "moderate", "severe")  # --calcium-load cycle, by case index
 
 IMAGE_SUFFIXES = (".img.nii.gz", ".img.nii")
 LOG_NAME = "synth.log"
@@ -58,6 +71,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1.0,
         help="photon counts x DOSE (default 1: the reference's 1e4-1e5 per slice; 0.25 = a quarter-dose scan, "
         "twice the noise std)",
+    )
+    parser.add_argument(
+        "--plaques",
+        choices=("before", "after"),
+        help="insert plaques before the acquisition (default for --realistic) or paint them after it (default)",
+    )
+    parser.add_argument(
+        "--calcium-load",
+        choices=(*CALCIUM_LOADS, "cycle"),
+        default="default",
+        help="plaques per view: default 0-15 (65%% calcified, sized by the lumen); none; calcified plaques of "
+        "clinical size: mild 1-2, moderate 3-4, severe 6-9; cycle: none, mild, moderate, severe in turn over the "
+        "sorted cases",
     )
     parser.add_argument("--chunk", type=int, default=32, help="axial slices simulated at once (memory vs speed)")
     parser.add_argument("--phantom", type=int, metavar="N", help="write N phantom CTA input cases into -o instead")
@@ -118,28 +144,42 @@ def read_case(image_path: Path, case_id: str) -> tuple[Volume, Volume, np.ndarra
     return image, label, labels
 
 
-def output_paths(folder: Path, case_id: str, views: int) -> tuple[list[Path], list[Path], Path]:
-    """(view images, plaque sidecars, coronary label) of a case in the output folder."""
+def output_paths(folder: Path, case_id: str, views: int) -> tuple[list[Path], list[Path], list[Path], Path]:
+    """(view images, plaque sidecars, calcium lesion maps, coronary label) of a case in the output folder."""
     images = [folder / f"{case_id}.view{k}.img.nii.gz" for k in range(views)]
     sidecars = [folder / f"{case_id}.view{k}.plaques.json" for k in range(views)]
-    return images, sidecars, folder / f"{case_id}.label.nii.gz"
+    calcium = [folder / f"{case_id}.view{k}.calcium.nii.gz" for k in range(views)]
+    return images, sidecars, calcium, folder / f"{case_id}.label.nii.gz"
 
 
 def is_done(folder: Path, case_id: str, views: int) -> bool:
-    images, sidecars, label = output_paths(folder, case_id, views)
-    return all(p.exists() for p in [*images, *sidecars, label])
+    images, sidecars, calcium, label = output_paths(folder, case_id, views)
+    return all(p.exists() for p in [*images, *sidecars, *calcium, label])
 
 
-def render_one(image_path: Path, case_id: str, out: Path, args: argparse.Namespace) -> int:
+def read_arteries(image_path: Path, case_id: str, image: Volume) -> Volume | None:
+    """The case's `{id}.arteries.nii.gz` beside its image (on the image's grid), or None."""
+    path = image_path.parent / f"{case_id}{ARTERIES_SUFFIX}"
+    if not path.exists():
+        return None
+    arteries = read_volume(path)
+    check_same_grid(image, arteries)
+    return arteries
+
+
+def render_one(image_path: Path, case_id: str, out: Path, args: argparse.Namespace, load: str = "default") -> int:
     """Render and write one case; return the number of plaques inserted over its views.
 
     Input problems raise InputError before anything is touched; a failure while rendering
     or writing removes the case's outputs, so a failed case leaves nothing behind.
     """
     from syncas_jax.synth.engine import case_seed, render_case
+    from syncas_jax.synth.plaques import calcium_lesion_map
 
     image, label, labels = read_case(image_path, case_id)
-    images, sidecars, label_out = output_paths(out, case_id, args.views)
+    arteries = read_arteries(image_path, case_id, image)
+    images, sidecars, calcium, label_out = output_paths(out, case_id, args.views)
+    arteries_out = out / f"{case_id}{ARTERIES_SUFFIX}"
     label_out.unlink(missing_ok=True)  # the case reads as not done until every file is rewritten
     try:
         views = render_case(
@@ -152,13 +192,20 @@ def render_one(image_path: Path, case_id: str, out: Path, args: argparse.Namespa
             chunk=args.chunk,
             realistic=args.realistic,
             dose=args.dose,
+            plaques_first=None if args.plaques is None else args.plaques == "before",
+            load=CALCIUM_LOADS[load],
         )
-        for view, image_file, sidecar in zip(views, images, sidecars):
+        artery_map = None if arteries is None else np.asarray(arteries.array)
+        for view, image_file, sidecar, lesions in zip(views, images, sidecars, calcium):
             write_volume(view.image, image_file, image, dtype=np.int16)
             write_json(view.plaques, sidecar)
+            lesion_map = calcium_lesion_map(view.plaques, labels.shape, image.spacing, artery_map)
+            write_volume(lesion_map, lesions, image, dtype=np.uint8)
+        if artery_map is not None:
+            write_volume(artery_map, arteries_out, image, dtype=np.uint8)
         write_volume(labels == CORONARY_ID, label_out, label, dtype=np.uint8)
     except BaseException:
-        for path in [label_out, *images, *sidecars]:
+        for path in [label_out, *images, *sidecars, *calcium, arteries_out]:
             path.unlink(missing_ok=True)
         raise
     return sum(len(v.plaques) for v in views)
@@ -208,13 +255,14 @@ def run_cases(args: argparse.Namespace) -> int:
     )
     rendered = skipped = 0
     failed: list[str] = []
-    for case_id, image_path in progress(cases, "synth", total=len(cases)):
+    for index, (case_id, image_path) in enumerate(progress(cases, "synth", total=len(cases))):
+        load = LOAD_CYCLE[index % len(LOAD_CYCLE)] if args.calcium_load == "cycle" else args.calcium_load
         if not args.overwrite and is_done(args.output, case_id, args.views):
             skipped += 1
             log.write(f"skipped {case_id}: already done")
             continue
         try:
-            plaques = render_one(image_path, case_id, args.output, args)
+            plaques = render_one(image_path, case_id, args.output, args, load)
         except InputError as error:
             failed.append(case_id)
             log.write(f"failed {case_id}: {error}", echo=True)
@@ -224,7 +272,7 @@ def run_cases(args: argparse.Namespace) -> int:
             log.write(f"failed {case_id}: {type(error).__name__}: {error}", echo=True)
             continue
         rendered += 1
-        log.write(f"rendered {case_id}: {args.views} views, {plaques} plaques")
+        log.write(f"rendered {case_id}: {args.views} views, {plaques} plaques (calcium load {load})")
     summary = f"synth: {rendered} rendered, {skipped} skipped (done), {len(failed)} failed"
     if failed:
         summary += f" ({', '.join(failed)}; see {log.path})"

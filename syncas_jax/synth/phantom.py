@@ -27,6 +27,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
+from syncas_jax.common.arteries import ARTERIES_SUFFIX, ARTERY_IDS, BRANCH_ARTERY
 from syncas_jax.common.nifti import volume_from_array, write_volume
 from syncas_jax.synth.hu_table import CORONARY_ID
 
@@ -79,18 +80,21 @@ class _Grid:
 
 
 class _Canvas:
-    """Image (HU) and label volumes painted structure by structure (later paint wins)."""
+    """Image (HU), label and coronary-artery volumes painted structure by structure (later paint wins)."""
 
     def __init__(self, grid: _Grid):
         self.grid = grid
         self.image = np.full(grid.shape, -1000.0, np.float32)
         self.labels = np.zeros(grid.shape, np.int16)
+        self.arteries = np.zeros(grid.shape, np.uint8)  # ids of syncas_jax.common.arteries on coronary voxels
 
     def paint(
         self, mask: np.ndarray, label: int | None, hu: float, box: tuple[slice, ...] | None = None,
-        spare: tuple[int, ...] = (),
+        spare: tuple[int, ...] = (), artery: int = 0,
     ) -> None:
-        """Paint `hu` (and `label`; None keeps the old one) where `mask`, except on voxels labelled one of `spare`."""
+        """Paint `hu` (and `label`; None keeps the old one) where `mask`, except on voxels labelled one of `spare`.
+
+        The artery map is set to `artery` where painted (0 wherever anything but a coronary is painted)."""
         box = box or (slice(None),) * 3
         mask = np.broadcast_to(mask, self.image[box].shape)
         if spare:
@@ -98,9 +102,11 @@ class _Canvas:
         self.image[box][mask] = hu
         if label is not None:
             self.labels[box][mask] = label
+            self.arteries[box][mask] = artery
 
     def tube(
-        self, points: np.ndarray, radii: np.ndarray, label: int | None, hu: float, spare: tuple[int, ...] = ()
+        self, points: np.ndarray, radii: np.ndarray, label: int | None, hu: float, spare: tuple[int, ...] = (),
+        artery: int = 0,
     ) -> None:
         """Paint the union of balls of `radii` (L units) at `points` (P, 3) (w, v, u), sampled densely."""
         grid = self.grid
@@ -114,9 +120,9 @@ class _Canvas:
         hit = np.isfinite(distance)
         inside = np.zeros(len(coords), bool)
         inside[hit] = distance[hit] <= radii[index[hit]]
-        self.paint(inside.reshape(self.image[box].shape), label, hu, box, spare)
+        self.paint(inside.reshape(self.image[box].shape), label, hu, box, spare, artery)
 
-    def line(self, points: np.ndarray, label: int, hu: float) -> None:
+    def line(self, points: np.ndarray, label: int, hu: float, artery: int = 0) -> None:
         """Paint a 6-connected voxel line through densely sampled `points` (P, 3) (w, v, u) L units."""
         grid = self.grid
         centre = (np.asarray(grid.shape) - 1) / 2
@@ -129,6 +135,7 @@ class _Canvas:
         voxels = voxels[np.all((voxels >= 0) & (voxels < np.asarray(grid.shape)), axis=1)]
         self.image[tuple(voxels.T)] = hu
         self.labels[tuple(voxels.T)] = label
+        self.arteries[tuple(voxels.T)] = artery
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -437,6 +444,17 @@ def _paint_great_vessels(canvas: _Canvas, heart: _Heart, anatomy: Anatomy, step:
         canvas.tube(points, np.full(len(points), radius), label, hu)
 
 
+@dataclass(frozen=True)
+class PhantomCase:
+    """image float32 (Z, Y, X) HU, labels int16 (Z, Y, X), the 4×4 NIfTI affine, and arteries uint8 (Z, Y, X):
+    the artery (`syncas_jax.common.arteries` ids: LM 1, LAD 2, LCX 3, RCA 4) of every coronary voxel, 0 elsewhere."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+    arteries: np.ndarray
+
+
 def make_phantom(
     shape: tuple[int, int, int] = (128, 256, 256),
     spacing: tuple[float, float, float] = (1.0, 0.8, 0.8),
@@ -447,7 +465,18 @@ def make_phantom(
     shape: (Z, Y, X) voxels; spacing: (z, y, x) mm. Returns image float32 (Z, Y, X) in HU,
     labels int16 (Z, Y, X) with the ids of the HU table (design §1) (and a few more: lungs, bone,
     descending aorta 52, portal vein 64), and the 4×4 NIfTI affine (for (x, y, z) indices).
+    `make_phantom_case` gives the coronary artery map too.
     """
+    case = make_phantom_case(shape, spacing, seed)
+    return case.image, case.labels, case.affine
+
+
+def make_phantom_case(
+    shape: tuple[int, int, int] = (128, 256, 256),
+    spacing: tuple[float, float, float] = (1.0, 0.8, 0.8),
+    seed: int = 0,
+) -> PhantomCase:
+    """`make_phantom`'s volumes and the artery of each coronary voxel (side branches take their artery's id)."""
     anatomy = draw_anatomy(seed)
     scale = min(shape[1] * spacing[1], shape[2] * spacing[2]) / 2
     # Short z fields of view are squeezed so that w spans at least ±0.6 (liver, stomach, great vessels in view).
@@ -462,18 +491,20 @@ def make_phantom(
     _paint_heart(canvas, heart, anatomy)
     _paint_great_vessels(canvas, heart, anatomy, step)
     voxel = float(grid.voxel.max())
-    tree = [branch for branch in _coronary_tree(heart, anatomy, min_radius, voxel, step).values() if len(branch[0])]
+    branches = _coronary_tree(heart, anatomy, min_radius, voxel, step)
+    tree = [(ARTERY_IDS[BRANCH_ARTERY[name]], *branch) for name, branch in branches.items() if len(branch[0])]
     sleeve = _fat_gap(heart, anatomy, voxel)  # the sleeve reaches the muscle the course was lifted off
-    for points, radii in tree:
+    for _, points, radii in tree:
         # A coronary runs in epicardial fat wherever its course goes (on a non-contrast scan the fat is
         # what shows it): where the course leaves the fat envelope (liver, lung, great veins) the fat follows.
         canvas.tube(points, radii + sleeve, EPICARDIAL_FAT, FAT_HU, spare=HEART_WALLS)
-    for points, radii in tree:  # drawn last
-        canvas.tube(points, radii, CORONARY, anatomy.contrast_hu)
-        canvas.line(points, CORONARY, anatomy.contrast_hu)  # keeps thin vessels 6-connected across thick slices
+    for artery, points, radii in tree:  # drawn last
+        canvas.tube(points, radii, CORONARY, anatomy.contrast_hu, artery=artery)
+        # keeps thin vessels 6-connected across thick slices
+        canvas.line(points, CORONARY, anatomy.contrast_hu, artery=artery)
     noise = np.random.default_rng([seed, 1]).normal(0.0, 18.0, shape).astype(np.float32)
     image = gaussian_filter(canvas.image, sigma=0.5) + noise
-    return image.astype(np.float32), canvas.labels, phantom_affine(shape, spacing)
+    return PhantomCase(image.astype(np.float32), canvas.labels, phantom_affine(shape, spacing), canvas.arteries)
 
 
 def phantom_affine(shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
@@ -491,14 +522,16 @@ def write_phantom_case(
     spacing: tuple[float, float, float] = (1.0, 0.8, 0.8),
     seed: int = 0,
 ) -> tuple[Path, Path]:
-    """Write `{case_id}.img.nii.gz` (int16 HU) and `{case_id}.label.nii.gz` (uint8 label map), atomically.
+    """Write `{case_id}.img.nii.gz` (int16 HU), `{case_id}.arteries.nii.gz` (uint8 artery of each coronary voxel)
+    and `{case_id}.label.nii.gz` (uint8 label map), atomically.
 
-    The label is written last, so its presence marks a complete case. Returns both paths.
+    The label is written last, so its presence marks a complete case. Returns the image and label paths.
     """
-    image, labels, affine = make_phantom(shape, spacing, seed)
-    like = volume_from_array(image, spacing, affine)
+    case = make_phantom_case(shape, spacing, seed)
+    like = volume_from_array(case.image, spacing, case.affine)
     folder = Path(folder)
     image_path, label_path = folder / f"{case_id}.img.nii.gz", folder / f"{case_id}.label.nii.gz"
-    write_volume(image, image_path, like, dtype=np.int16)
-    write_volume(labels, label_path, like, dtype=np.uint8)
+    write_volume(case.image, image_path, like, dtype=np.int16)
+    write_volume(case.arteries, folder / f"{case_id}{ARTERIES_SUFFIX}", like, dtype=np.uint8)
+    write_volume(case.labels, label_path, like, dtype=np.uint8)
     return image_path, label_path

@@ -42,6 +42,28 @@ ELONGATION = (1.0, 2.5)  # plaque half-length / cross-section semi-axis
 TABLE_COLUMNS = 7  # centreline table: z, y, x (mm), lumen radius (mm), unit tangent z, y, x
 
 
+class CalciumLoad(NamedTuple):
+    """How many plaques a view gets (uniform in [min_count, max_count]), the chance each is calcified, and their
+    cross-section semi-axis: uniform in radius_mm (mm) when given, else RADIUS_FRACTION × the lumen radius."""
+
+    min_count: int
+    max_count: int
+    p_calcified: float
+    radius_mm: tuple[float, float] | None = None
+
+
+# "default" is the training draw. The others are calcified plaques of clinical size (1-3 mm cross-section
+# semi-axis) for held-out sets that span the risk categories (design §13); their ranges were set by reading
+# phantoms 8-12 with the ideal reader: mild mostly 1-99, moderate mostly 100-399, severe >= 400.
+CALCIUM_LOADS = {
+    "default": CalciumLoad(0, MAX_PLAQUES, P_CALCIFIED),
+    "none": CalciumLoad(0, 0, 0.0),
+    "mild": CalciumLoad(1, 2, 1.0, (0.9, 1.4)),
+    "moderate": CalciumLoad(3, 4, 1.0, (1.4, 1.8)),
+    "severe": CalciumLoad(6, 9, 1.0, (1.8, 2.6)),
+}
+
+
 @dataclass(frozen=True)
 class Centreline:
     """Coronary centreline: voxel points (N, 3) (z, y, x), lumen radius (N,) mm, unit tangents (N, 3) in mm space."""
@@ -91,15 +113,19 @@ def wall_thickness(spacing: tuple[float, float, float]) -> float:
     return max(0.5, float(min(spacing[1:])))
 
 
-def plaque_box(max_lumen_mm: float, spacing: tuple[float, float, float]) -> tuple[int, int, int]:
+def plaque_box(
+    max_lumen_mm: float, spacing: tuple[float, float, float], max_radius_mm: float | None = None
+) -> tuple[int, int, int]:
     """Static (z, y, x) box size in voxels that holds any plaque (and its wall) on a lumen ≤ max_lumen_mm.
 
     A plaque reaches max(half-length, radius) + lumen + wall + one voxel from its axis point:
-    at most 3·lumen + wall + pixel, since radius ≤ 0.8·lumen and half-length ≤ 2.5·radius.
+    at most 3·lumen + wall + pixel, since radius ≤ 0.8·lumen and half-length ≤ 2.5·radius; with
+    plaques of up to max_radius_mm (a load's `radius_mm`), 2.5·max_radius_mm + lumen + wall + pixel.
     """
     pixel = float(min(spacing[1:]))
     lumen = max(float(max_lumen_mm), pixel)
-    reach = 3.0 * lumen + wall_thickness(spacing) + pixel
+    radius = 0.8 * lumen if max_radius_mm is None else max(float(max_radius_mm), 0.8 * lumen)
+    reach = ELONGATION[1] * radius + lumen + wall_thickness(spacing) + pixel
     return tuple(2 * math.ceil(reach / s) + 1 for s in spacing)
 
 
@@ -133,24 +159,33 @@ def _across(tangent: jnp.ndarray, key: jax.Array) -> jnp.ndarray:
     return jnp.where(norm > 1e-6, d / jnp.maximum(norm, 1e-12), fallback)
 
 
-def draw_plaques(key: jax.Array, table: jnp.ndarray, count: jnp.ndarray, pixel_mm: float) -> PlaqueDraw:
-    """Draw one view's plaques: how many (uniform 0…15), where (uniform over the first `count` rows of
-    the (N, 7) `table`), kind, HU, size and side of the vessel. pixel_mm: the in-plane voxel size."""
+def draw_plaques(
+    key: jax.Array,
+    table: jnp.ndarray,
+    count: jnp.ndarray,
+    pixel_mm: float,
+    load: CalciumLoad = CALCIUM_LOADS["default"],
+) -> PlaqueDraw:
+    """Draw one view's plaques: how many (uniform in the load's range, 0…15 by default), where (uniform over the
+    first `count` rows of the (N, 7) `table`), kind, HU, size and side of the vessel. pixel_mm: the in-plane
+    voxel size."""
     keys = jax.random.split(key, 8)
     n = jnp.asarray(count, jnp.int32)
     slots = jnp.arange(MAX_PLAQUES)
-    number = jax.random.randint(keys[0], (), 0, MAX_PLAQUES + 1)
+    number = jax.random.randint(keys[0], (), load.min_count, load.max_count + 1)
     valid = (slots < number) & (n > 0)
     index = jnp.minimum(jnp.floor(jax.random.uniform(keys[1], (MAX_PLAQUES,)) * n), n - 1)
     index = jnp.maximum(index, 0).astype(jnp.int32)
     rows = jnp.asarray(table, jnp.float32)[index]
     axis_mm, tangent = rows[:, :3], rows[:, 4:7]
     lumen = jnp.maximum(rows[:, 3], pixel_mm)
-    calcified = jax.random.uniform(keys[2], (MAX_PLAQUES,)) < P_CALCIFIED
+    calcified = jax.random.uniform(keys[2], (MAX_PLAQUES,)) < load.p_calcified
     hu = jnp.where(
         calcified, _uniform(keys[3], CALCIFIED_HU, (MAX_PLAQUES,)), _uniform(keys[4], NONCALCIFIED_HU, (MAX_PLAQUES,))
     )
-    radius = jnp.maximum(lumen * _uniform(keys[5], RADIUS_FRACTION, (MAX_PLAQUES,)), 0.6 * pixel_mm)
+    size = lumen * _uniform(keys[5], RADIUS_FRACTION, (MAX_PLAQUES,)) if load.radius_mm is None else (
+        _uniform(keys[5], load.radius_mm, (MAX_PLAQUES,)))  # fmt: skip
+    radius = jnp.maximum(size, 0.6 * pixel_mm)
     half_length = radius * _uniform(keys[6], ELONGATION, (MAX_PLAQUES,))
     centre = axis_mm + _across(tangent, keys[7]) * lumen[:, None]
     return PlaqueDraw(valid, index, calcified, hu, lumen, radius, half_length, axis_mm, centre, tangent)
@@ -214,9 +249,9 @@ def paint_plaques(
     return out, voxels
 
 
-@partial(jax.jit, static_argnames=("spacing", "box"))
-def _insert(image, lumen, table, count, key, spacing, box):
-    plaques = draw_plaques(key, table, count, float(min(spacing[1:])))
+@partial(jax.jit, static_argnames=("spacing", "box", "load"))
+def _insert(image, lumen, table, count, key, spacing, box, load):
+    plaques = draw_plaques(key, table, count, float(min(spacing[1:])), load)
     out, voxels = paint_plaques(image, lumen, plaques, spacing, box)
     return out, voxels, plaques
 
@@ -227,21 +262,24 @@ def insert_plaques(
     centreline: Centreline,
     spacing: tuple[float, float, float],
     key: jax.Array,
+    load: CalciumLoad = CALCIUM_LOADS["default"],
 ) -> tuple[np.ndarray, list[dict]]:
-    """Insert 0–15 plaques into a (Z, Y, X) HU image; return (new float32 image, sidecar records).
+    """Insert 0–15 plaques (`load`) into a (Z, Y, X) HU image; return (new float32 image, sidecar records).
 
     mask: the (Z, Y, X) coronary lumen; key: the view's plaque key. Records give each plaque's
-    centre voxel (z, y, x), radius (in-plane voxels and mm), half-length (mm), kind, HU and voxel count.
+    centre voxel (z, y, x) and mm, its centreline voxel, radius (in-plane voxels and mm), half-length (mm),
+    the vessel's unit direction (z, y, x, in mm space), kind, HU and voxel count.
     """
     image = np.asarray(image, np.float32)
     if len(centreline.points) == 0:
         return image.copy(), []
     spacing = tuple(float(s) for s in spacing)
     # Quarter-millimetre steps of the box bound: few distinct compiled shapes over a data set.
-    box = plaque_box(math.ceil(4.0 * float(np.max(centreline.radius_mm))) / 4.0, spacing)
+    max_radius = None if load.radius_mm is None else load.radius_mm[1]
+    box = plaque_box(math.ceil(4.0 * float(np.max(centreline.radius_mm))) / 4.0, spacing, max_radius)
     table = centreline_table(centreline, spacing)
     out, voxels, plaques = jax.device_get(
-        _insert(image, np.asarray(mask, bool), table, len(table), key, spacing, box)
+        _insert(image, np.asarray(mask, bool), table, len(table), key, spacing, box, load)
     )
     pixel = float(min(spacing[1:]))
     records = []
@@ -249,6 +287,8 @@ def insert_plaques(
         records.append(
             {
                 "center_zyx": [int(c) for c in np.rint(plaques.centre_mm[i] / np.asarray(spacing))],
+                "center_mm": [float(c) for c in plaques.centre_mm[i]],
+                "tangent": [float(c) for c in plaques.tangent[i]],
                 "centreline_zyx": [int(c) for c in centreline.points[plaques.index[i]]],
                 "radius_voxels": float(plaques.radius_mm[i]) / pixel,
                 "radius_mm": float(plaques.radius_mm[i]),
@@ -259,3 +299,33 @@ def insert_plaques(
             }
         )
     return np.asarray(out, np.float32), records
+
+
+def calcium_lesion_map(
+    records: list[dict], shape: tuple[int, int, int], spacing: tuple[float, float, float], arteries: np.ndarray | None
+) -> np.ndarray:
+    """uint8 (Z, Y, X): the voxels inside each calcified plaque's ellipsoid (of `insert_plaques`' records), valued
+    with the artery (`syncas_jax.common.arteries` ids) at its centreline voxel in `arteries`, or 5 ("other":
+    coronary, artery unknown) without a map. Later plaques overwrite earlier ones, as painting does."""
+    from syncas_jax.common.arteries import OTHER_ID
+
+    out = np.zeros(shape, np.uint8)
+    scale = np.asarray(spacing, np.float64)
+    for record in records:
+        if record["kind"] != "calcified":
+            continue
+        centre, tangent = np.asarray(record["center_mm"]), np.asarray(record["tangent"])
+        radius, half_length = record["radius_mm"], record["half_length_mm"]
+        reach = max(radius, half_length)
+        low = np.maximum(np.floor((centre - reach) / scale).astype(int), 0)
+        high = np.minimum(np.ceil((centre + reach) / scale).astype(int) + 1, shape)
+        if np.any(high <= low):
+            continue
+        grid = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(low, high)), indexing="ij"), -1) * scale
+        rel = grid - centre
+        along = rel @ tangent
+        across = np.linalg.norm(rel - along[..., None] * tangent, axis=-1)
+        inside = (along / half_length) ** 2 + (across / radius) ** 2 <= 1.0
+        artery = OTHER_ID if arteries is None else int(arteries[tuple(record["centreline_zyx"])]) or OTHER_ID
+        out[tuple(slice(a, b) for a, b in zip(low, high))][inside] = artery
+    return out

@@ -159,11 +159,19 @@ def mask_on_source_slices(mask_path, sources):
 def same_report(a, b):
     """Equal keys, lesion count and category; numbers equal to float32 rounding of the spacing."""
     numbers = ("agatston", "volume_mm3")
-    exact = ("lesion_count", "risk_category")
+    exact = ("lesion_count", "risk_category", "cac_drs")
     assert set(a) == set(b) and [a[k] for k in exact] == [b[k] for k in exact]
     assert [a[k] for k in numbers] == pytest.approx([b[k] for k in numbers], rel=1e-6)
+    for name in a["arteries"]:
+        assert a["arteries"][name] == pytest.approx(b["arteries"][name], rel=1e-6), name
     assert len(a["lesions"]) == len(b["lesions"]) > 0
-    return all(x == pytest.approx(y, rel=1e-6) for x, y in zip(a["lesions"], b["lesions"]))
+
+    def split(lesion):  # (numbers, names)
+        return ({k: v for k, v in lesion.items() if not isinstance(v, str)},
+                {k: v for k, v in lesion.items() if isinstance(v, str)})  # fmt: skip
+
+    pairs = [(split(x), split(y)) for x, y in zip(a["lesions"], b["lesions"])]
+    return all(xn == pytest.approx(yn, rel=1e-6) and xs == ys for (xn, xs), (yn, ys) in pairs)
 
 
 def test_cli_on_a_pacs_export(tmp_path, tiny_checkpoint, capsys):
@@ -175,7 +183,8 @@ def test_cli_on_a_pacs_export(tmp_path, tiny_checkpoint, capsys):
     write_series(export / "study" / "seriesB", hu, affine, AXIAL_FLIPPED, unsigned=True, intercept=-1024.0, seed=2)
     problems = {name: PROBLEMS[name] for name in PROBLEMS if name != "empty"}
     bad = {name: bad_series(export, name) for name in problems}
-    args = ["-i", str(export), "-o", str(out), "-m", str(tiny_checkpoint), "--no-tta", "--report", "--dicom-seg"]
+    args = ["-i", str(export), "-o", str(out), "-m", str(tiny_checkpoint), "--no-tta", "--report", "--dicom-seg",
+            "--arteries"]  # fmt: skip
     assert infer_main(args) == 1
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error: ")]
@@ -184,7 +193,13 @@ def test_cli_on_a_pacs_export(tmp_path, tiny_checkpoint, capsys):
         assert any(re.match(f"error: {re.escape(str(folder))}: .*{problems[name]}", line) for line in errors), name
     assert f"predicted 3 case(s), skipped 0, failed {len(bad)}" in captured.out
     masks = {name: out / f"{name}.nii.gz" for name in ("scan", "CA_seriesA", "CA_study_seriesB")}
-    assert sorted(p.name for p in out.glob("*.nii.gz")) == sorted(p.name for p in masks.values())
+    artery_maps = {name: out / f"{name}_arteries.nii.gz" for name in masks}
+    written = sorted(p.name for p in [*masks.values(), *artery_maps.values()])
+    assert sorted(p.name for p in out.glob("*.nii.gz")) == written
+    for name, path in artery_maps.items():  # on the mask's grid, an artery for every mask voxel
+        arteries, mask = nib.load(path), nib.load(masks[name])
+        np.testing.assert_array_equal(arteries.affine, mask.affine)
+        np.testing.assert_array_equal(np.asanyarray(arteries.dataobj) > 0, np.asanyarray(mask.dataobj) > 0)
     assert not (out / "scan.seg.dcm").exists() and not list(out.glob("CA_series_*"))
 
     # One world-space mask, whatever the input's form; the series' masks are in dcm2niix's geometry.
@@ -197,10 +212,12 @@ def test_cli_on_a_pacs_export(tmp_path, tiny_checkpoint, capsys):
 
     # Calcium reports: the same numbers for every form of the scan, and the calcium CLI's on the series.
     reports = {name: json.loads((out / f"{name}_calcium.json").read_text()) for name in masks}
-    assert set(reports["scan"]) == {"agatston", "volume_mm3", "lesion_count", "risk_category", "lesions"}
+    keys = {"agatston", "volume_mm3", "lesion_count", "risk_category", "cac_drs", "arteries", "lesions", "excluded"}
+    assert set(reports["scan"]) == keys
     assert reports["CA_seriesA"] == reports["CA_study_seriesB"]
     assert same_report(reports["scan"], reports["CA_seriesA"])  # NIfTI stores spacing as float32: ~1e-8 apart
-    calcium_args = ["--image", str(export / "seriesA"), "--mask", str(masks["CA_seriesA"]), "-o", str(tmp_path)]
+    calcium_args = ["--image", str(export / "seriesA"), "--mask", str(masks["CA_seriesA"]), "-o", str(tmp_path),
+                    "--arteries", str(artery_maps["CA_seriesA"])]  # fmt: skip
     assert calcium_main(calcium_args) == 0
     assert json.loads((tmp_path / "CA_seriesA_calcium.json").read_text()) == reports["CA_seriesA"]
     for name in masks:

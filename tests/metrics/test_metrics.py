@@ -262,9 +262,10 @@ def test_case_metrics_keys_and_summary():
     pred, ref = blobs(7), blobs(8)
     m = metrics.case_metrics(pred, ref, SPACING)
     assert tuple(m) == metrics.METRIC_KEYS
-    with_image = metrics.case_metrics(pred, ref, SPACING, image_hu=np.full(ref.shape, 450.0))
+    calcified = np.where(ref, 450.0, 40.0)  # the reference's own voxels: lesions within the 3 mm margin
+    with_image = metrics.case_metrics(pred, ref, SPACING, image_hu=calcified)
     assert tuple(with_image) == metrics.METRIC_KEYS + metrics.AGATSTON_KEYS
-    assert with_image["agatston_ref"] > 0
+    assert with_image["agatston_ref"] == metrics.calcium_score(calcified, ref, SPACING).agatston > 0
     summary = metrics.summarize([{"dice": 0.5, "hd95_mm": 2.0}, {"dice": 1.0, "hd95_mm": math.inf}])
     assert summary["dice"] == {"mean": 0.75, "std": 0.25, "n": 2}
     assert summary["hd95_mm"] == {"mean": 2.0, "std": 0.0, "n": 1}

@@ -92,8 +92,9 @@ def test_phantom_start_writes_the_same_patients_on_another_protocol(cta, tmp_pat
     """`--phantom-start 1` writes phantom_001 alone: the same anatomy as in the 2-case run, on any slice grid."""
     again, thick = tmp_path / "again", tmp_path / "thick"
     assert main(["--phantom", "1", "--phantom-start", "1", "-o", str(again), *PHANTOM_ARGS]) == 0
-    assert [p.name for p in sorted(again.glob("*.nii.gz"))] == ["phantom_001.img.nii.gz", "phantom_001.label.nii.gz"]
-    for suffix in (".img.nii.gz", ".label.nii.gz"):
+    names = ["phantom_001.arteries.nii.gz", "phantom_001.img.nii.gz", "phantom_001.label.nii.gz"]
+    assert [p.name for p in sorted(again.glob("*.nii.gz"))] == names
+    for suffix in (".img.nii.gz", ".arteries.nii.gz", ".label.nii.gz"):
         np.testing.assert_array_equal(
             read_volume(again / f"phantom_001{suffix}").array, read_volume(cta / f"phantom_001{suffix}").array
         )
@@ -202,6 +203,7 @@ def test_incomplete_case_is_rendered_and_failure_leaves_nothing(cta, tmp_path, m
     assert case_files(out, "phantom_000") == []
     assert [p.name for p in case_files(out, "phantom_001")] == [
         "phantom_001.label.nii.gz",
+        "phantom_001.view0.calcium.nii.gz",
         "phantom_001.view0.img.nii.gz",
         "phantom_001.view0.plaques.json",
     ]

@@ -12,11 +12,18 @@ from scipy.ndimage import binary_dilation
 from scipy.spatial import KDTree
 from skimage.morphology import disk
 
+from syncas_jax.common.arteries import OTHER_ID
 from syncas_jax.synth import hu_table
 from syncas_jax.synth.engine import case_seed, render_case, render_view
 from syncas_jax.synth.hu import draw_hu_values, reassign_hu
-from syncas_jax.synth.phantom import draw_anatomy, make_phantom
-from syncas_jax.synth.plaques import MAX_PLAQUES, coronary_centreline, insert_plaques
+from syncas_jax.synth.phantom import draw_anatomy, make_phantom, make_phantom_case
+from syncas_jax.synth.plaques import (
+    CALCIUM_LOADS,
+    MAX_PLAQUES,
+    calcium_lesion_map,
+    coronary_centreline,
+    insert_plaques,
+)
 
 SHAPE, SPACING = (16, 64, 64), (1.0, 0.5, 0.5)
 TABLE_IDS = {entry[0] for entry in hu_table.REFERENCE}
@@ -309,3 +316,53 @@ def test_jax_plaque_painting_matches_numpy_restatement(phantom):
         assert not np.any(np.asarray(voxels)[~valid])
         painted += int(valid.sum())
     assert painted > 10
+
+
+@pytest.mark.parametrize("load_name", ["none", "mild", "moderate", "severe"])
+def test_calcium_loads_set_the_number_and_kind_of_plaques(phantom, load_name):
+    image, labels, _ = phantom
+    mask = labels == 128
+    centreline = coronary_centreline(mask, SPACING)
+    load = CALCIUM_LOADS[load_name]
+    for seed in range(6):
+        _, records = insert_plaques(image, mask, centreline, SPACING, jax.random.key(seed), load)
+        assert load.min_count <= len(records) <= load.max_count
+        assert all(r["kind"] == "calcified" for r in records)
+
+
+def test_lesion_map_marks_each_calcified_ellipsoid_with_its_artery():
+    case = make_phantom_case(SHAPE, SPACING, seed=5)
+    mask = case.labels == 128
+    centreline = coronary_centreline(mask, SPACING)
+    _, records = insert_plaques(case.image, mask, centreline, SPACING, jax.random.key(3), CALCIUM_LOADS["severe"])
+    lesions = calcium_lesion_map(records, SHAPE, SPACING, case.arteries)
+    assert set(np.unique(lesions)) <= {0, 1, 2, 3, 4}
+    grid = np.stack(np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij"), -1) * np.asarray(SPACING)
+    union = np.zeros(SHAPE, bool)
+    for r in records:  # the ellipsoid of the record, restated over the whole grid
+        rel = grid - np.asarray(r["center_mm"])
+        along = rel @ np.asarray(r["tangent"])
+        across = np.linalg.norm(rel - along[..., None] * np.asarray(r["tangent"]), axis=-1)
+        inside = (along / r["half_length_mm"]) ** 2 + (across / r["radius_mm"]) ** 2 <= 1.0
+        assert inside.sum() == r["voxels"]  # the painter counted the same voxels
+        union |= inside
+    np.testing.assert_array_equal(lesions > 0, union)
+    last = records[-1]  # painted last: nothing overwrites it
+    artery = case.arteries[tuple(last["centreline_zyx"])]
+    centre = tuple(np.rint(np.asarray(last["center_mm"]) / SPACING).astype(int))
+    assert artery > 0 and (lesions[centre] == artery or not union[centre])
+    assert (calcium_lesion_map(records, SHAPE, SPACING, None)[union] == OTHER_ID).all()
+
+
+def test_realistic_renders_put_the_plaques_through_the_acquisition(phantom):
+    """Painted after the acquisition a plaque keeps its drawn HU at its core; acquired with the scan, it is blurred
+    and noisy like every other structure."""
+    image, labels, _ = phantom
+    seed, severe = case_seed(0, "phantom"), CALCIUM_LOADS["severe"]
+    kwargs = dict(spacing=SPACING, chunk=16, realistic=True, load=severe)
+    before = render_view(image, labels, seed, 0, "reference", **kwargs)
+    after = render_view(image, labels, seed, 0, "reference", plaques_first=False, **kwargs)
+    assert before.plaques == after.plaques and len(before.plaques) >= severe.min_count
+    cores = [(tuple(r["center_zyx"]), np.float32(r["hu"])) for r in after.plaques]
+    assert any(after.image[core] == hu for core, hu in cores)
+    assert not any(before.image[core] == hu for core, hu in cores)
