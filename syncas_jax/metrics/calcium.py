@@ -119,6 +119,11 @@ class CalciumScore:
         return out
 
 
+def agatston_weight(peak_hu: np.ndarray | float) -> np.ndarray:
+    """Agatston weight 1/2/3/4 of a lesion's peak HU: [130, 200) / [200, 300) / [300, 400) / ≥ 400."""
+    return np.digitize(peak_hu, AGATSTON_WEIGHT_EDGES_HU) + 1
+
+
 def risk_category(agatston: float) -> str:
     """"0" for no calcium, "1-99" below 100 (scores under 1 included), "100-399" below 400, else ">=400"."""
     if agatston <= 0:
@@ -267,7 +272,7 @@ def _find_lesions(
     touches = overlap >= MIN_MASK_OVERLAP_PIXELS
     is_excluded = touches & (outside > MAX_OUTSIDE_FRACTION)
     scored = touches & ~is_excluded & big_enough
-    weight = np.digitize(peak, AGATSTON_WEIGHT_EDGES_HU) + 1
+    weight = agatston_weight(peak)
     rows = _per_component(ids, y.astype(np.float64), count, "sum") / pixels
     columns = _per_component(ids, x.astype(np.float64), count, "sum") / pixels
     slices = np.zeros(count + 1, np.int64)

@@ -38,6 +38,7 @@ from syncas_jax.metrics.calcium import (
     AGATSTON_SLICE_MM,
     RISK_CATEGORIES,
     CalciumScore,
+    agatston_weight,
     calcium_score,
     lesion_maps,
 )
@@ -101,7 +102,8 @@ def score_outside(image_hu: np.ndarray, mask: np.ndarray, lesions: np.ndarray, s
 @dataclass(frozen=True)
 class CaseCalcium:
     """One scan's readings: Agatston, risk category and per-artery Agatston per reader (READERS), the score the
-    predicted mask took from non-coronary structures, and the artery accuracy on the predicted mask."""
+    predicted mask took from non-coronary structures, the artery accuracy on the predicted mask, and how many
+    bright structures the bone/aorta rule left out of the model's reading with the Agatston they would have added."""
 
     case: str
     agatston: dict[str, float]
@@ -110,6 +112,7 @@ class CaseCalcium:
     non_coronary: float
     artery_accuracy: float
     excluded: int
+    excluded_score: float
 
 
 def case_calcium(
@@ -135,7 +138,13 @@ def case_calcium(
         non_coronary=score_outside(hu, pred > 0, lesion_map, spacing),
         artery_accuracy=artery_accuracy(np.where(pred > 0, pred_arteries, 0), truth),
         excluded=len(scores["model"].excluded),
+        excluded_score=excluded_score(scores["model"], spacing),
     )
+
+
+def excluded_score(score: CalciumScore, spacing: Sequence[float]) -> float:
+    """The Agatston the structures `score` excluded as bone or aortic wall would have added (area × weight × Δz/3)."""
+    return float(sum(e.area_mm2 * agatston_weight(e.peak_hu) for e in score.excluded)) * spacing[0] / AGATSTON_SLICE_MM
 
 
 def agreement(cases: Sequence[CaseCalcium], reader: str) -> dict[str, float]:
@@ -166,6 +175,9 @@ def summarize(cases: Sequence[CaseCalcium]) -> dict:
         "lumen": agreement(cases, "lumen"),
         "non_coronary_mean": float(np.mean([c.non_coronary for c in cases])),
         "non_coronary_max": float(np.max([c.non_coronary for c in cases])),
+        "excluded_mean": float(np.mean([c.excluded for c in cases])),
+        "excluded_score_mean": float(np.mean([c.excluded_score for c in cases])),
+        "excluded_score_max": float(np.max([c.excluded_score for c in cases])),
         "artery_accuracy_mean": float(np.mean(accuracy)) if accuracy else float("nan"),
         "artery_accuracy_min": float(np.min(accuracy)) if accuracy else float("nan"),
     }
@@ -173,12 +185,13 @@ def summarize(cases: Sequence[CaseCalcium]) -> dict:
 
 def format_report(summary: dict) -> str:
     """Markdown: the per-case table, then the agreement table (model and true lumen vs the ideal reader)."""
-    lines = ["| case | ideal | model | true lumen | ideal category | model category | non-coronary | artery acc. |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| case | ideal | model | true lumen | ideal category | model category | non-coronary | excluded "
+             "(would add) | artery acc. |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for c in summary["cases"]:
         a, k = c["agatston"], c["category"]
         lines.append(f"| {c['case']} | {a['ideal']:.1f} | {a['model']:.1f} | {a['lumen']:.1f} | {k['ideal']} | "
-                     f"{k['model']} | {c['non_coronary']:.1f} | {c['artery_accuracy']:.3f} |")  # fmt: skip
+                     f"{k['model']} | {c['non_coronary']:.1f} | {c['excluded']} ({c['excluded_score']:.1f}) | "
+                     f"{c['artery_accuracy']:.3f} |")  # fmt: skip
     lines += ["", "| reader vs ideal | κ (linear) | ICC(2,1) | bias | 95 % limits | same category | "
               + " | ".join(f"ICC {a}" for a in ARTERIES) + " |", "|---" * (6 + len(ARTERIES)) + "|"]  # fmt: skip
     for reader, name in (("model", "model's mask"), ("lumen", "true lumen mask")):
@@ -187,7 +200,10 @@ def format_report(summary: dict) -> str:
                      f"{g['limits_low']:+.1f} … {g['limits_high']:+.1f} | {g['category_agreement']:.0%} | "
                      + " | ".join(f"{g[f'icc_{a}']:.3f}" for a in ARTERIES) + " |")  # fmt: skip
     lines += ["", f"Non-coronary score taken by the model's mask: mean {summary['non_coronary_mean']:.1f}, "
-              f"max {summary['non_coronary_max']:.1f} Agatston per scan. Artery labelling of the predicted mask: "
+              f"max {summary['non_coronary_max']:.1f} Agatston per scan; the bone/aorta rule left out "
+              f"{summary['excluded_mean']:.1f} structures per scan that would have added "
+              f"{summary['excluded_score_mean']:.1f} (max {summary['excluded_score_max']:.1f}). "
+              "Artery labelling of the predicted mask: "
               f"{summary['artery_accuracy_mean']:.3f} per-voxel accuracy (min {summary['artery_accuracy_min']:.3f})."]
     return "\n".join(lines)
 

@@ -55,3 +55,12 @@ def test_score_outside_is_the_score_of_components_off_the_lesion_map():
     assert score_outside(image, mask, lesions, spacing) == 4.0
     assert total == 16 * 0.25 * 4 + 4.0
     assert score_outside(image, mask, (image > 130).astype(np.uint8), spacing) == 0.0
+
+
+def test_excluded_score_is_what_the_left_out_bar_would_have_added():
+    from syncas_jax.study.calcium import excluded_score
+    from tests.metrics.test_calcium import constructed_case
+
+    image, mask, _ = constructed_case()
+    score = calcium_score(image, mask, (3.0, 0.5, 0.25))
+    assert excluded_score(score, (3.0, 0.5, 0.25)) == 157 * 0.125 * 4  # the bar: 157 px in the margin, 800 HU
