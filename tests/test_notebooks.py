@@ -19,6 +19,7 @@ def test_all_notebooks_are_collected():
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("SYNCAS_NOTEBOOK_SIZE", "tiny")

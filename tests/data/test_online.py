@@ -122,6 +122,7 @@ print(json.dumps({"max_diff": float(np.abs(one - two).max()), "devices": shard_d
 """
 
 
+@pytest.mark.slow
 def test_each_device_renders_its_shard_of_the_batch():
     import json
     import os

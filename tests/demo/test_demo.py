@@ -9,10 +9,12 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from tests.paths import ROOT
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import nibabel as nib
+import pytest
 
 from syncas_jax.demo.__main__ import main as demo_main
 from syncas_jax.study.__main__ import main as study_main
@@ -26,6 +27,7 @@ def test_training_arms_differ_only_in_init_rate_and_data(tmp_path):
     assert mixed["data_dir"] == [finetuned["data_dir"], str(demo / "cache")] and mixed["data_weights"] == [1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_tiny_finetune_study_end_to_end(tmp_path, capsys):
     demo, out = tmp_path / "demo", tmp_path / "study"
     assert demo_main(["--out", str(demo), "--size", "tiny", "--cases", "3", "--test-cases", "1"]) == 0

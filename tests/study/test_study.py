@@ -56,6 +56,7 @@ def test_summary_is_mean_and_std_over_seeds():
     assert len(table_csv(runs).splitlines()) == 1 + 3 * 3  # header, 2 cases + mean per run
 
 
+@pytest.mark.slow
 def test_tiny_study_end_to_end(tmp_path, capsys):
     out = tmp_path / "study"
     args = ["--size", "tiny", "-o", str(out), "--seeds", "0", "--arms", "dice_ce", "online"]

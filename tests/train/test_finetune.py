@@ -168,6 +168,7 @@ def test_one_view_cases_fill_both_views_and_a_mixed_stream_is_a_function_of_the_
         np.testing.assert_array_equal(got["label"], expected["label"])
 
 
+@pytest.mark.slow
 def test_interrupted_fine_tuning_resumes_bit_for_bit_with_a_frozen_encoder(pretrained):
     source = pretrained / "pretrain" / "checkpoints" / "latest"
     recipe = {

@@ -43,6 +43,7 @@ def final_params(run_dir: Path):
     return tree, meta
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_bit_for_bit(cache):
     evaluation = {"evaluation_folder": str(cache / "evaluation"), "test_every": 2}
     straight = tiny_config(cache, "straight", **evaluation)
@@ -152,6 +153,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_four_devices_equal_one_device():
     env = {
         **os.environ,
@@ -193,6 +195,7 @@ def test_batch_not_divisible_by_devices(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_online_synthesis_run_resumes_bit_for_bit(tmp_path):
     from syncas_jax.data.cta_cache import preprocess_cta_folder
     from tests.data.cta_cases import write_cta_case

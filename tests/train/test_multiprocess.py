@@ -152,6 +152,7 @@ def folder(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_with_two_devices_and_resume_on_two_or_one(folder):
     one = folder / "one"
     assert_ok(launch(processes(write_config(folder, "one"), 1), devices=2))
