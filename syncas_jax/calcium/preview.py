@@ -17,11 +17,16 @@ EXCLUDED_COLOUR = (0.2, 0.45, 1.0)  # bone or aortic wall the mask touched, not 
 WEIGHT_COLOURS = {1: (1.0, 0.9, 0.1), 2: (1.0, 0.55, 0.0), 3: (1.0, 0.1, 0.1), 4: (0.85, 0.1, 0.9)}
 
 
-def preview_slices(mask: np.ndarray, weights: np.ndarray, count: int = MAX_PANELS) -> list[int]:
-    """Up to `count` axial slices, ascending: those with the most lesion voxels, else the mask's middle slice."""
-    per_slice = np.count_nonzero(weights, axis=(1, 2))
-    if per_slice.any():
-        best = np.argsort(-per_slice, kind="stable")[: min(count, np.count_nonzero(per_slice))]
+def preview_slices(
+    mask: np.ndarray, weights: np.ndarray, count: int = MAX_PANELS, excluded: np.ndarray | None = None
+) -> list[int]:
+    """Up to `count` axial slices, ascending: those with the most lesion voxels, then those with the most excluded
+    voxels (bone or aortic wall the mask touched), else the mask's middle slice."""
+    lesion = np.count_nonzero(weights, axis=(1, 2))
+    left_out = np.zeros_like(lesion) if excluded is None else np.count_nonzero(excluded, axis=(1, 2))
+    shown = np.flatnonzero((lesion > 0) | (left_out > 0))
+    if shown.size:
+        best = sorted(shown, key=lambda z: (-lesion[z], -left_out[z], z))[:count]
         return sorted(int(z) for z in best)
     zs = np.flatnonzero(mask.any(axis=(1, 2)))
     return [int(zs[len(zs) // 2])] if zs.size else [mask.shape[0] // 2]
@@ -49,7 +54,7 @@ def write_preview(
     from matplotlib.patches import Patch
 
     excluded = np.zeros(mask.shape, bool) if excluded is None else excluded
-    slices = preview_slices(mask, weights + excluded)
+    slices = preview_slices(mask, weights, excluded=excluded)
     ys, xs = np.flatnonzero(mask.any(axis=(0, 2))), np.flatnonzero(mask.any(axis=(0, 1)))
     if ys.size:
         rows = slice(max(ys[0] - MARGIN, 0), min(ys[-1] + MARGIN + 1, mask.shape[1]))
