@@ -54,8 +54,8 @@ RISK_CATEGORIES = ("0", "1-99", "100-399", ">=400")
 CAC_DRS_EDGES = (100.0, 300.0)  # A1 below 100, A2 below 300, A3 from 300
 LESION_FIELDS = ("slice", "row", "column", "area_mm2", "peak_hu", "weight", "score", "volume_mm3", "artery", "lesion")
 EXCLUDED_FIELDS = ("slice", "row", "column", "area_mm2", "peak_hu", "outside_fraction")
-_IN_PLANE = np.zeros((3, 3, 3), bool)
-_IN_PLANE[1] = True  # 8-connected within a slice, never across slices
+IN_PLANE = np.zeros((3, 3, 3), bool)
+IN_PLANE[1] = True  # 8-connected within a slice, never across slices
 
 
 @dataclass(frozen=True)
@@ -253,10 +253,10 @@ def _find_lesions(
     hu, inside = image_hu[z0:z1], mask[z0:z1]
     bright = hu >= AGATSTON_THRESHOLD_HU
     region = search_region(inside, spacing)
-    labels, count = ndimage.label(bright & region, structure=_IN_PLANE)
+    labels, count = ndimage.label(bright & region, structure=IN_PLANE)
     if count == 0:
         return None
-    structures, _ = ndimage.label(bright, structure=_IN_PLANE)
+    structures, _ = ndimage.label(bright, structure=IN_PLANE)
     z, y, x = np.nonzero(labels)
     ids = labels[z, y, x]
     pixels = np.bincount(ids, minlength=count + 1)[1:]

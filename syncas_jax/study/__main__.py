@@ -103,6 +103,7 @@ def run_calcium_study(args: argparse.Namespace) -> int:
         scan = read_volume(data / "ncct" / f"{case_id}_NCCT.nii.gz")
         cases.append(calcium.case_calcium(
             case_id, scan, read_volume(data / "pred" / f"CA_{case_id}_NCCT.nii.gz"),
+            read_volume(data / "pred" / f"CA_{case_id}_NCCT_arteries.nii.gz"),
             read_volume(data / "synth" / f"{case_id}.view0.calcium.nii.gz"),
             read_volume(data / "labels" / f"{case_id}_NCCT.nii.gz"),
             read_volume(data / "synth" / f"{case_id}.arteries.nii.gz"),

@@ -30,22 +30,19 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from syncas_jax.calcium.arteries import artery_accuracy, label_arteries
+from syncas_jax.calcium.arteries import artery_accuracy
 from syncas_jax.common.arteries import ARTERIES
 from syncas_jax.common.nifti import Volume
 from syncas_jax.data.orientation import to_canonical
 from syncas_jax.metrics.calcium import (
     AGATSTON_SLICE_MM,
+    IN_PLANE,
     RISK_CATEGORIES,
     CalciumScore,
     agatston_weight,
     calcium_score,
     lesion_maps,
 )
-
-READERS = ("ideal", "model", "lumen")
-_IN_PLANE = np.zeros((3, 3, 3), bool)
-_IN_PLANE[1] = True
 
 
 def weighted_kappa(a: Sequence[int], b: Sequence[int], categories: int) -> float:
@@ -89,7 +86,7 @@ def bland_altman(reference: Sequence[float], test: Sequence[float]) -> tuple[flo
 def score_outside(image_hu: np.ndarray, mask: np.ndarray, lesions: np.ndarray, spacing: Sequence[float]) -> float:
     """Agatston the rule gives through `mask` to components that touch no voxel of the lesion map (Z, Y, X)."""
     weights, _ = lesion_maps(image_hu, mask, spacing)
-    components, count = ndimage.label(weights > 0, structure=_IN_PLANE)
+    components, count = ndimage.label(weights > 0, structure=IN_PLANE)
     if count == 0:
         return 0.0
     touches = np.zeros(count + 1, bool)
@@ -101,8 +98,8 @@ def score_outside(image_hu: np.ndarray, mask: np.ndarray, lesions: np.ndarray, s
 
 @dataclass(frozen=True)
 class CaseCalcium:
-    """One scan's readings: Agatston, risk category and per-artery Agatston per reader (READERS), the score the
-    predicted mask took from non-coronary structures, the artery accuracy on the predicted mask, and how many
+    """One scan's readings: Agatston, risk category and per-artery Agatston per reader (ideal, model, lumen), the
+    score the predicted mask took from non-coronary structures, the artery accuracy on the predicted mask, and how many
     bright structures the bone/aorta rule left out of the model's reading with the Agatston they would have added."""
 
     case: str
@@ -116,14 +113,23 @@ class CaseCalcium:
 
 
 def case_calcium(
-    case: str, scan: Volume, predicted: Volume, lesions: Volume, lumen: Volume, arteries: Volume
+    case: str,
+    scan: Volume,
+    predicted: Volume,
+    predicted_arteries: Volume,
+    lesions: Volume,
+    lumen: Volume,
+    arteries: Volume,
 ) -> CaseCalcium:
-    """Read one scan three ways (module docstring); every volume on the scan's grid (any layout)."""
-    hu, spacing = np.asarray(to_canonical(scan)[0].array, np.float32), to_canonical(scan)[0].spacing
-    pred, lesion_map, lumen_mask, true_arteries = (
-        np.asarray(to_canonical(v)[0].array) for v in (predicted, lesions, lumen, arteries)
+    """Read one scan three ways (module docstring); every volume on the scan's grid (any layout).
+
+    predicted_arteries: the predicted mask's artery map as `infer --arteries` wrote it (the one its report uses)."""
+    canonical = to_canonical(scan)[0]
+    hu, spacing = np.asarray(canonical.array, np.float32), canonical.spacing
+    pred, pred_arteries, lesion_map, lumen_mask, true_arteries = (
+        np.asarray(to_canonical(v)[0].array) for v in (predicted, predicted_arteries, lesions, lumen, arteries)
     )
-    pred_arteries = label_arteries(pred > 0, spacing)
+    pred_arteries = pred_arteries.astype(np.uint8)
     scores: dict[str, CalciumScore] = {
         "ideal": calcium_score(hu, lesion_map > 0, spacing, lesion_map.astype(np.uint8)),
         "model": calcium_score(hu, pred > 0, spacing, pred_arteries),
