@@ -83,7 +83,8 @@ def render_view(
     hu_key, ct_key, plaque_key = split_view_key(view_keys(seed, view))
     labels = np.asarray(labels, np.int16)
     reassigned = np.asarray(reassign_hu(np.asarray(image, np.float32), labels, hu_key, table, not realistic))
-    if realistic if plaques_first is None else plaques_first:
+    before_acquisition = realistic if plaques_first is None else plaques_first
+    if before_acquisition:
         with_plaques, records = insert_plaques(reassigned, coronary, centreline, spacing, plaque_key, load)
         return View(np.asarray(simulate_volume(with_plaques, ct_key, chunk=chunk, dose=dose)), records)
     acquired = simulate_volume(reassigned, ct_key, chunk=chunk, dose=dose)

@@ -32,6 +32,8 @@ import numpy as np
 from scipy.spatial import cKDTree
 from skimage.morphology import skeletonize
 
+from syncas_jax.common.arteries import OTHER_ID
+
 MAX_PLAQUES = 15
 P_CALCIFIED = 0.65
 CALCIFIED_HU = (300.0, 1000.0)
@@ -307,8 +309,6 @@ def calcium_lesion_map(
     """uint8 (Z, Y, X): the voxels inside each calcified plaque's ellipsoid (of `insert_plaques`' records), valued
     with the artery (`syncas_jax.common.arteries` ids) at its centreline voxel in `arteries`, or 5 ("other":
     coronary, artery unknown) without a map. Later plaques overwrite earlier ones, as painting does."""
-    from syncas_jax.common.arteries import OTHER_ID
-
     out = np.zeros(shape, np.uint8)
     scale = np.asarray(spacing, np.float64)
     for record in records:
