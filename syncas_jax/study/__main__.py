@@ -1,4 +1,4 @@
-"""`python -m syncas_jax.study --size cpu|gpu -o DIR`: the method's claim on phantoms, at a fixed budget.
+"""`python -m syncas_jax.study --size cpu|demo|gpu -o DIR`: the method's claim on phantoms, at a fixed budget.
 
 `python -m syncas_jax.study --calcium -m CHECKPOINT -o DIR`: instead, the calcium agreement study of
 a trained model (`syncas_jax.study.calcium`): DIR/calcium.md, calcium.json, calcium.png.
@@ -6,8 +6,9 @@ a trained model (`syncas_jax.study.calcium`): DIR/calcium.md, calcium.json, calc
 N training phantoms → two synthetic views each → the same training budget for every arm (Dice + CE
 only; + plain contrastive; + branch-aware contrastive; see `syncas_jax.study.arms`), each with
 several seeds → the last checkpoint of each run segments held-out phantoms rendered as a scanner
-shows them → per-case Dice, clDice, HD95 (mm), recall and false-positive voxels → mean ± std over
-seeds per arm. Writes DIR/study.md (the table), study.json, study.csv, study.png; every run keeps
+shows them, under each of the size's protocols (`demo.dataset.PROTOCOLS`) → per-case Dice, clDice,
+HD95 (mm), recall and false-positive voxels → mean ± std over seeds per arm, and each arm's paired
+difference against Dice + CE with 95 % intervals (`syncas_jax.study.paired`). Writes DIR/study.md (the table), study.json, study.csv, study.png; every run keeps
 its folder under DIR/runs/, so an interrupted study continues where it stopped.
 """
 
@@ -22,26 +23,37 @@ from typing import Any
 
 from syncas_jax.common.console import guarded
 from syncas_jax.common.files import write_json, write_text
-from syncas_jax.demo.dataset import build, case_ids, python_m, run_stage, stage_test_scans
+from syncas_jax.demo.dataset import (
+    PROTOCOLS,
+    build,
+    build_held_out,
+    case_ids,
+    python_m,
+    run_stage,
+    stage_test_scans,
+)
 from syncas_jax.study.arms import (
     ARMS,
     DEFAULT_ARMS,
     METRICS,
     SIZES,
     StudySize,
+    format_paired,
     format_table,
     plot,
+    protocol_runs,
     run_mean,
     summarize_runs,
     write_csv,
 )
+from syncas_jax.study.paired import case_key, paired_summary
 from syncas_jax.train.config import config_from_dict, read_config_file, shipped_config_path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m syncas_jax.study", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--size", choices=sorted(SIZES), default="cpu", help="cpu: 2-core CPU in ≤ 1 hour; gpu: one accelerator"
+        "--size", choices=sorted(SIZES), default="cpu", help="cpu: 192 steps, 2-core CPU in ≤ 1 hour; demo: the demo's 480 steps, two held-out protocols, paired differences (2-core CPU, ~90 min); gpu: one accelerator"
     )
     parser.add_argument("-o", "--out", type=Path, required=True, help="study folder")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; with --finetune 0)")
@@ -118,6 +130,9 @@ def run_calcium_study(args: argparse.Namespace) -> int:
     return 0
 
 
+BASELINE_ARM = "dice_ce"  # every other arm's paired difference is taken against it
+
+
 def run_config(out: Path, size: StudySize, arm: str, seed: int) -> dict[str, Any]:
     """The flat config of one run: the demo recipe, the size's budget, the arm's change, the seed."""
     raw = {**read_config_file(shipped_config_path("demo")), **size.config, **ARMS[arm], "seed": seed}
@@ -132,8 +147,11 @@ def build_cta_cache(data: Path, spacing: tuple[float, ...], log: Path) -> None:
                        "--spacing", *spacing), log)  # fmt: skip
 
 
-def score_held_out(data: Path, checkpoint: Path) -> dict[str, dict[str, float]]:
-    """Per held-out scan: Dice, clDice, HD95 (mm), recall, false-positive voxels of `checkpoint` (no TTA)."""
+def score_held_out(data: Path, checkpoint: Path, protocols: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """Per held-out scan of each protocol: Dice, clDice, HD95 (mm), recall, false-positive voxels (no TTA).
+
+    Keys: the patient id for the first protocol, `id@protocol` for the others (`paired.case_key`).
+    """
     from syncas_jax.common.nifti import read_volume
     from syncas_jax.infer.cases import WindowSettings, predict_case
     from syncas_jax.infer.predict import inference_settings, load_model_for_inference
@@ -142,12 +160,14 @@ def score_held_out(data: Path, checkpoint: Path) -> dict[str, dict[str, float]]:
     predict_fn, meta = load_model_for_inference(checkpoint)
     spacing, patch_size = inference_settings(meta)
     cases = {}
-    for case_id in case_ids(data / "test_synth"):
-        volume = read_volume(data / "test_ncct" / f"{case_id}_NCCT.nii.gz")
-        reference = read_volume(data / "test_labels" / f"{case_id}_NCCT.nii.gz").array > 0
-        prediction = predict_case(volume, predict_fn, WindowSettings(spacing, patch_size, tta=False))
-        metrics = case_metrics(prediction.segmentation, reference, volume.spacing)
-        cases[case_id] = {key: float(metrics[key]) for key in METRICS}
+    for name in protocols:
+        ncct, labels = (PROTOCOLS[name].folder(data, stem) for stem in ("test_ncct", "test_labels"))
+        for case_id in case_ids(ncct, "_NCCT.nii.gz"):
+            volume = read_volume(ncct / f"{case_id}_NCCT.nii.gz")
+            reference = read_volume(labels / f"{case_id}_NCCT.nii.gz").array > 0
+            prediction = predict_case(volume, predict_fn, WindowSettings(spacing, patch_size, tta=False))
+            metrics = case_metrics(prediction.segmentation, reference, volume.spacing)
+            cases[case_key(case_id, name, protocols)] = {key: float(metrics[key]) for key in METRICS}
     return cases
 
 
@@ -163,8 +183,9 @@ def run_one(out: Path, size: StudySize, arm: str, seed: int) -> dict[str, Any]:
     started = time.perf_counter()
     train_and_evaluate(config, resume=True, log=lambda line: print(f"  {arm} seed {seed}: {line}", flush=True))
     seconds = time.perf_counter() - started
-    cases = score_held_out(out / "data", Path(raw["output_dir"]) / "checkpoints" / "latest")
-    result = {"arm": arm, "seed": seed, "cases": cases, "mean": run_mean(cases), "train_seconds": seconds}
+    cases = score_held_out(out / "data", Path(raw["output_dir"]) / "checkpoints" / "latest", size.protocols)
+    result = {"arm": arm, "seed": seed, "cases": cases, "mean": run_mean(cases), "train_seconds": seconds,
+              "score_seconds": time.perf_counter() - started - seconds}  # fmt: skip
     write_json(result, result_path)
     return result
 
@@ -209,12 +230,19 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_compilation_cache_dir", str(args.out / ".jax_cache"))  # every run of an arm compiles once
     if args.finetune:
         return finetune_study(args)
+    return arm_study(args)
+
+
+def arm_study(args: argparse.Namespace) -> int:
+    """The arms × seeds of `--size`: data once, every run in this process, then tables and paired differences."""
     size = SIZES[args.size]
-    started = time.perf_counter()
+    started, log = time.perf_counter(), args.out / "study.log"
     spacing = tuple(run_config(args.out, size, args.arms[0], 0)["spacing"])
-    build(args.out / "data", size.phantoms, args.out / "study.log", spacing)
+    build(args.out / "data", size.phantoms, log, spacing)
+    for name in size.protocols:
+        build_held_out(args.out / "data", size.phantoms, PROTOCOLS[name], log)
     if any(ARMS[arm].get("synthesis") == "online" for arm in args.arms):
-        build_cta_cache(args.out / "data", spacing, args.out / "study.log")
+        build_cta_cache(args.out / "data", spacing, log)
     results = []
     for arm in args.arms:
         for seed in args.seeds:
@@ -222,14 +250,29 @@ def main(argv: list[str] | None = None) -> int:
             result = run_one(args.out, size, arm, seed)
             print(f"  held-out Dice {result['mean']['dice']:.3f}, clDice {result['mean']['cldice']:.3f}", flush=True)
             results.append(result)
-    table = summarize_runs(results)
-    write_json({"size": args.size, "seeds": args.seeds, "arms": table, "runs": results}, args.out / "study.json")
+    report = study_report(results, size.protocols)
+    write_json({"size": args.size, "seeds": args.seeds, "protocols": list(size.protocols), **report["json"],
+                "runs": results}, args.out / "study.json")  # fmt: skip
     write_csv(results, args.out / "study.csv")
-    markdown = format_table(table)
-    write_text(markdown + "\n", args.out / "study.md")
+    write_text(report["markdown"] + "\n", args.out / "study.md")
     plot(results, args.out / "study.png")
-    print(f"\n{markdown}\n\nstudy finished in {time.perf_counter() - started:.0f} s; results in {args.out}/")
+    print(f"\n{report['markdown']}\n\nstudy finished in {time.perf_counter() - started:.0f} s; results in {args.out}/")
     return 0
+
+
+def study_report(results: list[dict[str, Any]], protocols: tuple[str, ...]) -> dict[str, Any]:
+    """Tables over all held-out scans and per protocol, and each arm's paired difference against Dice + CE."""
+    table = summarize_runs(results)
+    by_protocol = {name: summarize_runs(protocol_runs(results, name, protocols)) for name in protocols}
+    sections = [f"All held-out scans ({' + '.join(protocols)}), mean ± std over seeds:\n\n{format_table(table)}"]
+    if len(protocols) > 1:
+        sections += [f"Protocol {name}:\n\n{format_table(rows)}" for name, rows in by_protocol.items()]
+    paired = {}
+    if BASELINE_ARM in table and len(table) > 1:
+        paired = paired_summary(results, BASELINE_ARM, ("dice", "cldice"), protocols)
+        sections.append(f"Paired differences (per seed × held-out patient; paired.py):\n\n"
+                        f"{format_paired(paired, BASELINE_ARM)}")  # fmt: skip
+    return {"json": {"arms": table, "by_protocol": by_protocol, "paired": paired}, "markdown": "\n\n".join(sections)}
 
 
 if __name__ == "__main__":

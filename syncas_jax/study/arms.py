@@ -35,24 +35,32 @@ METRICS = ("dice", "cldice", "hd95_mm", "recall", "fp")  # per held-out case; fp
 
 @dataclass(frozen=True)
 class StudySize:
-    """phantoms: the data set; config: overrides on top of the shipped `demo` config (the budget of every arm)."""
+    """phantoms: the data set; config: overrides on top of the shipped `demo` config (the budget of every arm);
+    protocols: the held-out scans' acquisitions (names of `demo.dataset.PROTOCOLS`), each scored."""
 
     phantoms: PhantomSet
     config: dict[str, Any] = field(default_factory=dict)
+    protocols: tuple[str, ...] = ("demo",)
 
 
 SIZES: dict[str, StudySize] = {
     # 2-core CPU: the demo's phantoms and recipe at a shorter budget (16×48×48 patches, 192 steps),
     # so 3 arms × 3 seeds fit in an hour.
     "cpu": StudySize(PhantomSet(8, 3, (48, 448, 448), (2.0, 0.4, 0.4)), {"patch_size": [16, 48, 48], "num_epochs": 12}),
+    # The demo's phantoms (training on the same 8) and recipe as they are (480 steps); 6 held-out
+    # patients, each scanned under the demo's protocol and 3 mm slices at a quarter of the dose.
+    "demo": StudySize(
+        PhantomSet(8, 6, (48, 448, 448), (2.0, 0.4, 0.4)), {}, ("demo", "3mm_quarter_dose")
+    ),
     # One accelerator: the reference network, patch and batch on larger phantoms.
     "gpu": StudySize(
-        PhantomSet(16, 4, (96, 448, 448), (1.5, 0.35, 0.35)),
+        PhantomSet(16, 6, (96, 448, 448), (1.5, 0.35, 0.35)),
         {
             "ngf": 16, "depth": 4, "patch_size": [32, 224, 224], "batch_size": 4, "spacing": [1.5, 0.35, 0.35],
             "num_anchor": 512, "num_epochs": 60, "num_iterations_per_epoch": 40, "num_val_iterations_per_epoch": 4,
             "augmentated": True, "test_every": 1000, "workers": 4,
         },
+        ("demo", "3mm_quarter_dose"),
     ),
     # Smoke test of the study itself (tests/study).
     "tiny": StudySize(
@@ -61,6 +69,7 @@ SIZES: dict[str, StudySize] = {
             "ngf": 4, "depth": 3, "patch_size": [16, 32, 32], "spacing": [2.0, 1.5, 1.5], "num_epochs": 1,
             "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1, "num_anchor": 32, "test_every": 1000,
         },
+        ("demo", "3mm_quarter_dose"),
     ),
 }  # fmt: skip
 
@@ -146,3 +155,35 @@ def plot(results: Sequence[dict[str, Any]], path: Path) -> None:
 
 def write_csv(results: Sequence[dict[str, Any]], path: Path, metrics: Sequence[str] = METRICS) -> None:
     write_text(table_csv(results, metrics), path)
+
+
+def protocol_runs(results: Sequence[dict[str, Any]], protocol: str, protocols: Sequence[str]) -> list[dict[str, Any]]:
+    """The results restricted to the held-out scans of `protocol` (keys as `paired.case_key`), means recomputed."""
+    from syncas_jax.study.paired import case_key
+
+    runs = []
+    for r in results:
+        cases = {c: r["cases"][key] for c in r["cases"] if "@" not in c
+                 if (key := case_key(c, protocol, protocols)) in r["cases"]}  # fmt: skip
+        runs.append({**r, "cases": cases, "mean": run_mean(cases)})
+    return runs
+
+
+def format_paired(paired: dict[str, dict[str, dict[str, dict[str, float]]]], baseline: str) -> str:
+    """Markdown: per arm and scope, Δ = arm − baseline of Dice and clDice with both 95 % intervals."""
+    lines = [
+        f"| arm − {baseline} | scans | ΔDice | 95 % bootstrap | 95 % t (seeds) | ΔclDice | 95 % bootstrap "
+        "| seeds better (Dice) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, scopes in paired.items():
+        for scope, row in scopes.items():
+            dice, cldice = row["dice"], row["cldice"]
+            lines.append(
+                f"| {arm} | {scope} ({dice['seeds']} seeds × {dice['patients']}) | {dice['mean']:+.3f} "
+                f"| {dice['bootstrap_low']:+.3f} … {dice['bootstrap_high']:+.3f} "
+                f"| {dice['t_low']:+.3f} … {dice['t_high']:+.3f} | {cldice['mean']:+.3f} "
+                f"| {cldice['bootstrap_low']:+.3f} … {cldice['bootstrap_high']:+.3f} "
+                f"| {dice['seeds_better']}/{dice['seeds']} |"
+            )
+    return "\n".join(lines)
