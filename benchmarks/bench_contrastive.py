@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np
 import torch  # noqa: E402
-from _common import emit, interleaved, median, paired_ratio  # noqa: I001  (also puts the repo on sys.path)
+from _common import emit, emit_load_at_end, emit_machine, interleaved, median, paired_ratio, ratio_spread  # noqa: I001  (also puts the repo on sys.path)
 from scipy import ndimage  # noqa: E402
 
 from syncas_jax.losses.contrastive import multi_tap_contrastive_loss, resize_labels_nearest  # noqa: E402
@@ -169,11 +169,12 @@ def compare_with_torch(prefix, ratio_name, fn, args, theirs, repeats, seed):
     runs = {"ours": ours, "torch": theirs}
     for name, run in runs.items():
         emit(f"{prefix}_loss[{name}]", run())
-    times = interleaved(runs, repeats, warmup=0)
+    times = interleaved(runs, repeats, warmup=1)
     for name in runs:
         emit(f"{prefix}_median_s[{name}]", median(times[name]))
     emit(f"{ratio_name}[ours]", median(times["torch"]) / median(times["ours"]))
     emit(f"{ratio_name}_paired[ours]", paired_ratio(times["torch"], times["ours"]))
+    emit(f"{ratio_name}_paired_spread[ours]", ratio_spread(times["torch"], times["ours"]))
 
 
 def bench_projected(labels_np, shapes, repeats, seed):
@@ -243,7 +244,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 16×64×64 patch, batch 2, 2 repeats")
     parser.add_argument("--batch", type=int, default=None, help="batch size (default 2; the spec's is 4)")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed rounds per peer (default 5 projected, 3 heads)"
+        "--repeats", type=int, default=None, help="timed rounds per peer (default 15 projected, 3 heads)"
     )
     parser.add_argument("--mode", choices=("both", "projected", "heads"), default="both")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: CPU count)")
@@ -252,11 +253,12 @@ def main(argv=None) -> int:
 
     patch = (16, 64, 64) if args.quick else (32, 224, 224)
     batch = args.batch or 2
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.repeats or (2 if args.quick else 15)
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     shapes = tap_shapes(batch, patch)
 
+    emit_machine()
     emit("patch", "x".join(map(str, patch)))
     emit("batch", batch)
     emit("torch_threads", torch.get_num_threads())
@@ -267,6 +269,7 @@ def main(argv=None) -> int:
         bench_projected(labels_np, shapes, repeats, args.seed)
     if args.mode in ("both", "heads"):
         bench_heads(labels_np, shapes, args.repeats or (2 if args.quick else 3), args.seed)
+    emit_load_at_end()
     return 0
 
 

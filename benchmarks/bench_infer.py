@@ -14,8 +14,9 @@ Two measurements, printed as `name: value` lines:
 2. the same window batches through ours (jitted, TTA-averaged softmax, Gaussian
    accumulation) and through the PyTorch reference (eval mode, torch.no_grad, same batch,
    same flips, softmax, Gaussian accumulation into a torch tensor), alternately in this
-   process; `window_batch_seconds_{ours,torch}` are medians and `ratio_ours_over_torch`
-   the median of per-round ratios (< 1: ours faster; the goal is ≤ 1/1.5).
+   process, `--rounds` (7) batches spread over the scan; `window_batch_seconds_{ours,torch}`
+   are medians, `ratio_ours_over_torch` the median of per-round ratios (< 1: ours faster; the
+   goal is ≤ 1/1.5) and `speedup_vs_torch_spread` the per-round speedups' quartiles and range.
 
 Default: a subset. Every run executes `--windows` window batches (3) and extrapolates the
 sliding-window time to all batches of the scan: first batch (includes compilation) +
@@ -42,7 +43,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import REPO, emit, median, paired_ratio
+from _common import REPO, emit, emit_load_at_end, emit_machine, median, paired_ratio, ratio_spread
 
 from syncas_jax.infer.cases import DEFAULT_STEP, FAST_STEP
 
@@ -255,9 +256,10 @@ def compare_windows(ct: Path, weights: Path, args: argparse.Namespace, rounds: i
     times: dict[str, list[float]] = {"ours": [], "torch": []}
     for r in range(rounds):
         order = [("ours", ours), ("torch", theirs)][:: 1 if r % 2 == 0 else -1]
+        batch = r * n_batches // rounds  # spread over the scan: air, body and heart windows
         for name, fn in order:
             start = time.perf_counter()
-            fn(r % n_batches)
+            fn(batch)
             times[name].append(time.perf_counter() - start)
     return {
         "windows": len(starts),
@@ -269,6 +271,8 @@ def compare_windows(ct: Path, weights: Path, args: argparse.Namespace, rounds: i
         "ours": median(times["ours"]),
         "torch": median(times["torch"]),
         "ratio": paired_ratio(times["ours"], times["torch"]),
+        "speedup_spread": ratio_spread(times["torch"], times["ours"]),
+        "times": times,
         "rounds": rounds,
         "jax_device": str(jax.devices()[0]),
         "torch_device": f"{device}{' bf16 autocast' if bf16 else ' float32'}",
@@ -281,6 +285,9 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="run every window (no extrapolation)")
     parser.add_argument("--tta", action="store_true", help="8-way mirror TTA (8x slower)")
     parser.add_argument("--windows", type=int, default=3, help="window batches run per measurement (subset mode)")
+    parser.add_argument(
+        "--rounds", type=int, default=7, help="window batches timed on each network in the comparison (default 7)"
+    )
     parser.add_argument("--batch", type=int, default=1, help="windows per network call")
     parser.add_argument("--step", type=float, default=DEFAULT_STEP, help="window step (fraction of the patch)")
     parser.add_argument(
@@ -314,6 +321,7 @@ def main() -> None:
 
     emit("device", f"{jax.devices()[0].platform} jax {jax.__version__}, torch {torch.__version__} "
          f"({torch.get_num_threads()} threads), {os.cpu_count()} cpus")  # fmt: skip
+    emit_machine()
     emit("scan_shape_zyx", "x".join(map(str, shape)))
     emit("scan_spacing_mm", SPACING)
     emit("patch", "x".join(map(str, args.patch)))
@@ -351,8 +359,9 @@ def main() -> None:
             compare_fast(ct, weights, folder, args)
 
         if args.skip_torch:
+            emit_load_at_end()
             return
-        cmp = compare_windows(ct, weights, args, windows if windows else 0)
+        cmp = compare_windows(ct, weights, args, 0 if (args.full or args.quick) else args.rounds)
         emit("torch_device", cmp["torch_device"])
         emit("preprocessed_shape_zyx", cmp["preprocessed_shape"])
         emit("compare_rounds", cmp["rounds"])
@@ -365,6 +374,10 @@ def main() -> None:
         emit("all_windows_seconds_torch_estimate", cmp["torch"] * cmp["batches"])
         emit("ratio_ours_over_torch", cmp["ratio"])
         emit("speedup_vs_torch", 1 / cmp["ratio"])
+        emit("speedup_vs_torch_spread", cmp["speedup_spread"])
+        for name, values in cmp["times"].items():
+            emit(f"window_batch_seconds_per_round_{name}", " ".join(f"{v:.3f}" for v in values))
+        emit_load_at_end()
 
 
 if __name__ == "__main__":

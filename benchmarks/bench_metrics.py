@@ -1,6 +1,6 @@
 """HD95 / MSD on two 275x512x512 coronary-like masks: ours vs all-pairs distances and surface-distance.
 
-    python benchmarks/bench_metrics.py [--seed 0] [--subsample 1000] [--repeats 3]
+    python benchmarks/bench_metrics.py [--seed 0] [--subsample 1000] [--repeats 5]
 
 Ours: `syncas_jax.metrics.surface_distances` (surfels on the voxel-corner grid) with its
 default method (the exact k-d tree nearest-surfel search, reported as `ours_*` and
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from _common import emit, interleaved, median, paired_ratio
+from _common import emit, emit_load_at_end, emit_machine, interleaved, median, paired_ratio, ratio_spread
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
@@ -87,11 +87,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--subsample", type=int, default=1000, help="prediction points timed all-pairs")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds of every peer (default 5)")
     args = parser.parse_args()
 
     pred, ref = coronary_masks(args.seed)
     rng = np.random.default_rng(args.seed)
+    emit_machine()
     emit("shape", "x".join(map(str, SHAPE)))
     emit("spacing_mm", SPACING)
     emit("ref_voxels", int(ref.sum()))
@@ -136,6 +137,7 @@ def main() -> None:
         full = [t * scale for t in times[f"allpairs_{kind}"]]
         emit(f"allpairs_{kind}_extrapolated_seconds", median(full))
         emit(f"speedup_default_vs_allpairs_{kind}", paired_ratio(full, times["ours"]))
+        emit(f"speedup_default_vs_allpairs_{kind}_spread", ratio_spread(full, times["ours"]))
         emit(f"speedup_edt_vs_allpairs_{kind}", paired_ratio(full, times["ours_edt"]))
     emit("allpairs_surface_full_matrix_gib", len(surf_p) * len(surf_r) * 8 / 2**30)
     emit("allpairs_voxels_full_matrix_gib", len(vox_p) * len(vox_r) * 8 / 2**30)
@@ -146,15 +148,18 @@ def main() -> None:
          float(np.abs(dist[tuple(idx.T)] - _nearest(rows_surf, surf_r)).max()))  # fmt: skip
     if sd is None:
         emit("surface_distance", "not installed")
+        emit_load_at_end()
         return
     emit("surface_distance_hd95_mm", f"{results['sd'][0]:.6f}")
     emit("surface_distance_msd_mm", f"{results['sd'][1]:.6f}")
     emit("surface_distance_seconds", median(times["surface_distance"]))
     emit("speedup_default_vs_surface_distance", paired_ratio(times["surface_distance"], times["ours"]))
+    emit("speedup_default_vs_surface_distance_spread", ratio_spread(times["surface_distance"], times["ours"]))
     emit("speedup_edt_vs_surface_distance", paired_ratio(times["surface_distance"], times["ours_edt"]))
     for name in ("ours", "ours_edt"):
         emit(f"{name}_hd95_abs_diff_vs_surface_distance_mm", abs(results[name][0] - results["sd"][0]))
         emit(f"{name}_msd_abs_diff_vs_surface_distance_mm", abs(results[name][1] - results["sd"][1]))
+    emit_load_at_end()
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ a subprocess, because XLA_FLAGS is read once per process; these run on the --qui
 keep the time bounded). It takes far longer than the default run (about an hour when the
 machine is shared).
 
-    python benchmarks/bench_unet.py                 # default run (~5 min)
+    python benchmarks/bench_unet.py                 # default run (~10 min: 7 rounds of 3 peers)
     python benchmarks/bench_unet.py --quick         # smoke run (1×1×32×64×64)
     python benchmarks/bench_unet.py --investigate   # the studies above
 """
@@ -45,7 +45,15 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import emit, interleaved, median, paired_ratio  # first: puts the repo on sys.path for `tests`
+from _common import (  # first: puts the repo on sys.path for `tests`
+    emit,
+    emit_load_at_end,
+    emit_machine,
+    interleaved,
+    median,
+    paired_ratio,
+    ratio_spread,
+)
 from conv_formulations import FORMULATIONS, use_formulation
 
 from syncas_jax.losses.dice_ce import dice_ce_loss
@@ -54,6 +62,8 @@ from syncas_jax.nets.unet import CONV_IMPLS, UNet3D
 from tests import torch_reference as ref
 
 THREADS = len(os.sched_getaffinity(0))
+WARMUP_ROUNDS = 1  # one untimed round of every peer after the checks, so no timed call meets a cold allocator
+DEFAULT_REPEATS = 7  # timed rounds: single rounds vary ±5 % on an idle 2-core machine, so 2 could not tell 1.0 from 1.1
 
 
 # ------------------------------------------------------------------ setup
@@ -193,7 +203,7 @@ def _compare_network(problem, impls, repeats, what, prefix, dtype):
 def _time_against_torch(runs, repeats, prefix, label):
     """Interleaved timing of `runs` (ours by name, plus "torch"); prints medians and ours/torch
     ratios (< 1: we are faster) and returns {name: ratio of medians}."""
-    times = interleaved(runs, repeats, warmup=0)
+    times = interleaved(runs, repeats, warmup=WARMUP_ROUNDS)
     torch_median = median(times["torch"])
     emit(f"{prefix}torch_{label}_median_s", torch_median)
     ratios = {}
@@ -204,6 +214,7 @@ def _time_against_torch(runs, repeats, prefix, label):
         emit(f"{prefix}ours_{label}_median_s[{name}]", median(times[name]))
         emit(f"{prefix}unet_{label}_ratio_ours_over_torch[{name}]", ratios[name])
         emit(f"{prefix}unet_{label}_ratio_paired[{name}]", paired_ratio(times[name], times["torch"]))
+        emit(f"{prefix}unet_{label}_ratio_paired_spread[{name}]", ratio_spread(times[name], times["torch"]))
     return ratios
 
 
@@ -322,7 +333,9 @@ def main(argv=None) -> int:
     choices = sorted(set(CONV_IMPLS) | set(FORMULATIONS))
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 1×1×32×64×64, 2 repeats")
-    parser.add_argument("--repeats", type=int, default=None, help="timed rounds per peer (default 2)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help=f"timed rounds per peer (default {DEFAULT_REPEATS}; --quick 2)"
+    )
     parser.add_argument("--impl", default="xla,conv2d", help=f"comma list of {choices}")
     parser.add_argument("--investigate", action="store_true", help="per-layer, layout, precision and XLA flag studies")
     parser.add_argument(
@@ -335,7 +348,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     shape = (1, 1, 32, 64, 64) if args.quick else (2, 1, 32, 128, 128)
-    repeats = args.repeats or 2
+    repeats = args.repeats or (2 if args.quick else DEFAULT_REPEATS)
     impls = args.impl.split(",")
     unknown = set(impls) - set(choices)
     if unknown:
@@ -353,6 +366,7 @@ def main(argv=None) -> int:
         for mode in ("forward", "grad"):
             per_layer(shape, args.layers.split(","), repeats, mode)
         return 0
+    emit_machine()
     emit("input_shape", "x".join(map(str, shape)))
     emit("torch_threads", torch.get_num_threads())
     emit("xla_cpu_threads_visible_cores", THREADS)
@@ -371,6 +385,7 @@ def main(argv=None) -> int:
                 compare_network(problem, ["xla", "conv2d"], repeats, prefix=f"precision_{precision}_")
         compare_network(problem, ["xla", "conv2d"], repeats, prefix="dtype_bf16_", dtype=jnp.bfloat16)
         flag_experiments(repeats)
+    emit_load_at_end()
     return 0
 
 

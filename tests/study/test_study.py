@@ -65,9 +65,11 @@ def test_tiny_study_end_to_end(tmp_path, capsys):
     assert set(report["arms"]) == {"dice_ce", "online"} and len(report["runs"]) == 2
     assert sorted(p.name for p in (out / "data" / "cta_cache").glob("*.json"))[-1] == "phantom_002.json"
     for run in report["runs"]:
-        assert set(run["cases"]) == {"phantom_003"}  # the held-out phantom
+        assert set(run["cases"]) == {"phantom_003", "phantom_003@3mm_quarter_dose"}  # one patient, two protocols
         assert 0.0 <= run["mean"]["dice"] <= 1.0
-    assert "| dice_ce |" in (out / "study.md").read_text()
+    assert set(report["by_protocol"]) == {"demo", "3mm_quarter_dose"}
+    assert set(report["paired"]["online"]) == {"demo", "3mm_quarter_dose", "pooled"}
+    assert "| dice_ce |" in (out / "study.md").read_text() and "| online | pooled" in (out / "study.md").read_text()
     assert (out / "study.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "study.csv").read_text().startswith("arm,seed,case,dice")
     results = sorted(out.glob("runs/*/result.json"))
