@@ -8,7 +8,8 @@ only; + plain contrastive; + branch-aware contrastive; see `syncas_jax.study.arm
 several seeds → the last checkpoint of each run segments held-out phantoms rendered as a scanner
 shows them, under each of the size's protocols (`demo.dataset.PROTOCOLS`) → per-case Dice, clDice,
 HD95 (mm), recall and false-positive voxels → mean ± std over seeds per arm, and each arm's paired
-difference against Dice + CE with 95 % intervals (`syncas_jax.study.paired`). Writes DIR/study.md (the table), study.json, study.csv, study.png; every run keeps
+difference against Dice + CE with 95 % intervals (`syncas_jax.study.paired`). Writes DIR/study.md
+(the tables), study.json, study.csv, study.png; every run keeps
 its folder under DIR/runs/, so an interrupted study continues where it stopped.
 """
 
@@ -53,7 +54,9 @@ from syncas_jax.train.config import config_from_dict, read_config_file, shipped_
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m syncas_jax.study", description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--size", choices=sorted(SIZES), default="cpu", help="cpu: 192 steps, 2-core CPU in ≤ 1 hour; demo: the demo's 480 steps, two held-out protocols, paired differences (2-core CPU, ~90 min); gpu: one accelerator"
+        "--size", choices=sorted(SIZES), default="cpu",
+        help="cpu: 192 steps, 2-core CPU in about 1 hour; demo: the demo's 480 steps, two held-out protocols, "
+        "paired differences (2-core CPU, about 80 min); gpu: one accelerator",
     )
     parser.add_argument("-o", "--out", type=Path, required=True, help="study folder")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds (default 0 1 2; with --finetune 0)")
