@@ -2,7 +2,7 @@
 
 Only ratios measured in one process mean anything on a shared machine, so every benchmark
 runs its peers alternately (ours, theirs, ours, theirs, ...) and reports medians. A ratio is
-the median over rounds of each round's ratio, printed with its spread (`ratio_line`): the
+the median over rounds of each round's ratio, printed with its spread (`ratio_spread`): the
 quartiles and the extremes over the rounds, so one run shows whether a row holds.
 """
 

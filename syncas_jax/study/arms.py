@@ -159,12 +159,12 @@ def write_csv(results: Sequence[dict[str, Any]], path: Path, metrics: Sequence[s
 
 def protocol_runs(results: Sequence[dict[str, Any]], protocol: str, protocols: Sequence[str]) -> list[dict[str, Any]]:
     """The results restricted to the held-out scans of `protocol` (keys as `paired.case_key`), means recomputed."""
-    from syncas_jax.study.paired import case_key
+    from syncas_jax.study.paired import case_key, patients_of
 
     runs = []
     for r in results:
-        cases = {c: r["cases"][key] for c in r["cases"] if "@" not in c
-                 if (key := case_key(c, protocol, protocols)) in r["cases"]}  # fmt: skip
+        keys = {p: case_key(p, protocol, protocols) for p in patients_of(r["cases"])}
+        cases = {p: r["cases"][key] for p, key in keys.items() if key in r["cases"]}
         runs.append({**r, "cases": cases, "mean": run_mean(cases)})
     return runs
 

@@ -65,7 +65,7 @@ def difference_matrix(
     by_run = {(r["arm"], r["seed"]): r["cases"] for r in results}
     seeds = sorted(s for a, s in by_run if a == arm and (baseline, s) in by_run)
     first = by_run[(baseline, seeds[0])] if seeds else {}
-    patients = sorted(k for k in first if "@" not in k)
+    patients = patients_of(first)
     rows = []
     for seed in seeds:
         a, b = by_run[(arm, seed)], by_run[(baseline, seed)]
@@ -75,6 +75,11 @@ def difference_matrix(
             for p in patients
         ])  # fmt: skip
     return np.array(rows, float).reshape(len(seeds), len(patients)), seeds
+
+
+def patients_of(cases: dict[str, Any]) -> list[str]:
+    """The patient ids among a run's case keys (the first protocol's keys: no `@protocol`)."""
+    return sorted(k for k in cases if "@" not in k)
 
 
 def case_key(patient: str, protocol: str, protocols: Sequence[str]) -> str:
