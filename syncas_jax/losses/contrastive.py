@@ -1,11 +1,13 @@
 """Branch-aware (and plain) voxel contrastive loss between two views (design §4).
 
 Static shapes throughout: the variable-size voxel sets P (positives), N (negatives)
-and Q (pseudo-negatives) are one set id per voxel, counted once into a count tree
-(`VoxelSets`: one pass over the tap). A draw picks ranks — uniform with replacement, or
-distinct by Floyd's algorithm — and maps each rank to its voxel by a binary search down the
-tree, so drawing costs O(draws · log M) and nothing sorts or scans all voxels per draw.
-Items are vmapped; nothing loops over items or voxels in Python.
+and Q (pseudo-negatives) are one set id per voxel (int8, computed once at input resolution
+and subsampled per tap), indexed once into a count tree (`VoxelSets`: one pass over the
+tap's voxels, as 32-voxel bit masks). A draw picks ranks — uniform with replacement, or
+distinct by Floyd's algorithm — and maps each rank to its voxel by walking down the tree,
+so drawing costs O(draws · log M) and nothing sorts or scans all voxels per draw. The
+random ranks of every tap and item come from one `randint` call (on CPU each call is a
+rolled loop with a fixed cost). Items are vmapped; nothing loops over items or voxels in Python.
 
 Because the projection head is per voxel, `project` may be given to apply it after the
 sampled voxels are gathered: head(features)[idx] == head(features[idx]). That turns the
@@ -15,6 +17,7 @@ head's cost from every voxel of the tap into 512·(1 + 1 + negatives) vectors pe
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -27,8 +30,7 @@ MASKED_LOGIT = -1e9
 LOSS_DEFAULT_TEMPERATURE = 0.3  # what the reference's loss applies whatever its config says
 LOSS_DEFAULT_ALPHA = 0.5
 NEGATIVE, POSITIVE, PSEUDO = 0, 1, 2  # voxel set ids (−1: ignored / in no set)
-BLOCK = 32  # children per node of the count tree
-TOP_BLOCKS = 2048  # the count tree grows levels until its top has at most this many blocks
+BLOCK = 32  # voxels per bit mask (uint32) and children per node of the count tree
 
 
 @dataclass(frozen=True)
@@ -83,74 +85,72 @@ def set_of_label(labels: jnp.ndarray, branch_aware: bool) -> jnp.ndarray:
     """Set id of each voxel from its branch label: 0 → NEGATIVE; 1 (any > 0 if not branch_aware) →
     POSITIVE; > 1 → PSEUDO when branch_aware; −1 → −1 (in no set)."""
     positive = labels == 1 if branch_aware else labels > 0
-    return jnp.where(labels == 0, NEGATIVE, jnp.where(positive, POSITIVE, jnp.where(labels > 1, PSEUDO, -1)))
+    set_id = jnp.where(labels == 0, NEGATIVE, jnp.where(positive, POSITIVE, jnp.where(labels > 1, PSEUDO, -1)))
+    return set_id.astype(jnp.int8)
 
 
 def resize_labels_nearest(labels: jnp.ndarray, size: Sequence[int]) -> jnp.ndarray:
     """PyTorch `interpolate(mode='nearest')` of (B, Z, Y, X) labels to (B, *size): src = floor(dst · in / out)."""
     out = labels
     for axis, (n_in, n_out) in enumerate(zip(labels.shape[1:], size), start=1):
-        if n_in != n_out:
+        if n_in % n_out == 0:  # floor(dst · k) = dst · k: a strided slice, far cheaper than a gather
+            out = jax.lax.slice_in_dim(out, 0, n_in, n_in // n_out, axis=axis)
+        else:
             index = jnp.floor(jnp.arange(n_out) * (n_in / n_out)).astype(jnp.int32)
             out = jnp.take(out, index, axis=axis)
     return out
 
 
 class VoxelSets(NamedTuple):
-    """The voxels of an item sorted into S sets and counted for rank queries (a count tree).
+    """The voxels of an item sorted into S sets, indexed for rank queries (a count tree).
 
-    set_id: (M',) set of each voxel (−1: none), padded with −1 to a multiple of BLOCK;
-    levels[i]: (M' / BLOCK**(i + 1), S) members of each set per block of BLOCK**(i + 1) voxels.
-    Building it is one pass over the voxels; mapping a rank to its voxel is a binary search
-    over the top level's running count, then one BLOCK-wide step per level below.
+    masks: (S, blocks) uint32 — bit j of masks[s, b] is set iff voxel j · blocks + b is in set s
+    (block b holds the voxels b, b + blocks, …: building the masks then reduces over the
+    leading axis, which vectorises; ranks follow the tree's order, not the voxels').
+    prefixes[i]: (S, parents, BLOCK) running count of set members over the BLOCK children of
+    each parent; the children of prefixes[0] are the mask blocks, each level's parents are the
+    next level's children, and prefixes[-1] has one parent, the root. A rank query walks from
+    the root down, one BLOCK-wide row per level, then picks the bit within the block's mask.
     """
 
-    set_id: jnp.ndarray
-    levels: tuple[jnp.ndarray, ...]
+    masks: jnp.ndarray
+    prefixes: tuple[jnp.ndarray, ...]
 
     def sizes(self) -> jnp.ndarray:
         """(S,) members of each set."""
-        return jnp.sum(self.levels[-1], axis=0)
+        return self.prefixes[-1][:, 0, -1]
 
     def voxel_of_rank(self, which: jnp.ndarray, rank: jnp.ndarray) -> jnp.ndarray:
-        """Flat voxel index of the member of rank `rank` (0-based, in voxel order) of set `which`.
+        """Flat voxel index of the member of rank `rank` (0-based, in the tree's order) of set `which`.
 
-        which, rank: (n,) ints. A rank outside [0, size of its set) gives an arbitrary index in [0, M')."""
-        top = self.levels[-1]
-        # Running count over (set, block) in set-major order: all sets' searches are one search.
-        running = jnp.cumsum(top.T.reshape(-1))
-        start = jnp.concatenate([jnp.zeros(1, running.dtype), running[top.shape[0] - 1 :: top.shape[0]]])
-        wanted = jnp.clip(start[which] + rank, start[which], jnp.maximum(start[which + 1] - 1, start[which]))
-        position = jnp.searchsorted(running, wanted, side="right", method="scan_unrolled")
-        block = jnp.clip(position - which * top.shape[0], 0, top.shape[0] - 1)
-        rank = wanted - jnp.where(position > 0, running[jnp.maximum(position - 1, 0)], 0)
-        for depth, level in reversed(list(enumerate(self.levels[:-1]))):
-            children = level[_children(block), which[:, None]]
-            block, rank = _step_down(children, block, rank, BLOCK ** (depth + 2))
-        members = (self.set_id[_children(block)] == which[:, None]).astype(jnp.int32)
-        return _step_down(members, block, rank, BLOCK)[0]
+        which, rank: (n,) ints. Ranks 0 … size − 1 of a set map one-to-one onto its members; a
+        rank outside [0, size) gives an arbitrary index in [0, BLOCK · blocks)."""
+        block = jnp.zeros_like(rank)
+        for depth in reversed(range(len(self.prefixes))):
+            running = self.prefixes[depth][which, block]  # (n, BLOCK), non-decreasing
+            passed = running <= rank[:, None]
+            child = jnp.minimum(jnp.sum(passed, axis=1), BLOCK - 1)
+            rank = rank - jnp.max(jnp.where(passed, running, 0), axis=1)
+            children = self.prefixes[depth - 1].shape[1] * BLOCK if depth else self.masks.shape[1]
+            block = jnp.minimum(block * BLOCK + child, children - 1)
+        return bit_of_rank(self.masks[which, block], rank) * self.masks.shape[1] + block
 
 
-def _children(block: jnp.ndarray) -> jnp.ndarray:
-    """(n, BLOCK) indices of the children of each block (n,) one level down."""
-    return block[:, None] * BLOCK + jnp.arange(BLOCK)
+def bit_of_rank(mask: jnp.ndarray, rank: jnp.ndarray) -> jnp.ndarray:
+    """Position (0–31) of the set bit of rank `rank` (0-based, from bit 0) in each uint32 `mask` (n,).
 
-
-def _step_down(
-    children: jnp.ndarray, block: jnp.ndarray, rank: jnp.ndarray, bound: int
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """The child of `block` (n,) holding the member of rank `rank` (n,) within it.
-
-    children: (n, BLOCK) member counts, summing to at most `bound`. Returns (child index one
-    level down, rank within that child)."""
-    running = _running_sum(children, bound)
-    child = jnp.minimum(jnp.sum(running <= rank[:, None], axis=1), BLOCK - 1)
-    before = jnp.take_along_axis(running, jnp.maximum(child - 1, 0)[:, None], axis=1)[:, 0]
-    return block * BLOCK + child, rank - jnp.where(child > 0, before, 0)
+    A binary search for the largest position with at most `rank` set bits below it (31 when
+    the mask has no more than `rank` set bits)."""
+    position = jnp.zeros(mask.shape, jnp.uint32)
+    for step in (16, 8, 4, 2, 1):
+        candidate = position + step
+        below = mask & ((jnp.uint32(1) << candidate) - 1)
+        position = jnp.where(jax.lax.population_count(below) <= rank.astype(jnp.uint32), candidate, position)
+    return position.astype(rank.dtype)
 
 
 def _running_sum(counts: jnp.ndarray, bound: int) -> jnp.ndarray:
-    """Inclusive running sum along the last axis of (n, BLOCK) non-negative ints summing to at most `bound`.
+    """Inclusive running sum along the last axis of (..., BLOCK) non-negative ints summing to at most `bound`.
 
     A float32 product with a triangular matrix (exact below 2**24, and several times faster
     than XLA:CPU's cumsum at this width); an integer cumsum past that."""
@@ -161,35 +161,30 @@ def _running_sum(counts: jnp.ndarray, bound: int) -> jnp.ndarray:
     return product.astype(counts.dtype)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2))
-def voxel_sets(set_id: jnp.ndarray, num_sets: int, top_blocks: int = TOP_BLOCKS) -> VoxelSets:
-    """Count tree of `set_id` (M,) ints in [−1, num_sets): −1 is in no set.
+def _in_blocks(values: jnp.ndarray, fill: int) -> jnp.ndarray:
+    """(..., n) → (..., ceil(n / BLOCK), BLOCK), padded at the end with `fill`."""
+    pad = -values.shape[-1] % BLOCK
+    if pad:
+        values = jnp.pad(values, [(0, 0)] * (values.ndim - 1) + [(0, pad)], constant_values=fill)
+    return values.reshape(*values.shape[:-1], -1, BLOCK)
 
-    Levels of block sums are added until the top has at most `top_blocks` blocks."""
-    pad = -set_id.shape[0] % BLOCK
-    set_id = jnp.pad(set_id, (0, pad), constant_values=-1) if pad else set_id
-    counts = jnp.sum(set_id.reshape(-1, BLOCK, 1) == jnp.arange(num_sets), axis=1, dtype=jnp.int32)
-    levels = [counts]
-    while levels[-1].shape[0] > top_blocks:
-        pad = -levels[-1].shape[0] % BLOCK
-        counts = jnp.pad(levels[-1], ((0, pad), (0, 0)))
-        levels.append(jnp.sum(counts.reshape(-1, BLOCK, num_sets), axis=1))
+
+@functools.partial(jax.jit, static_argnums=1)
+def voxel_sets(set_id: jnp.ndarray, num_sets: int) -> VoxelSets:
+    """Count tree of `set_id` (M,) ints in [−1, num_sets): −1 is in no set (int8 reads fastest)."""
+    planes = _in_blocks(set_id, -1).reshape(BLOCK, -1)  # (BLOCK, blocks): planes[j, b] is voxel j · blocks + b
+    bits = (jnp.uint32(1) << jnp.arange(BLOCK, dtype=jnp.uint32))[:, None]
+    masks = jnp.stack(
+        [jnp.sum(jnp.where(planes == s, bits, jnp.uint32(0)), axis=0, dtype=jnp.uint32) for s in range(num_sets)]
+    )
+    counts = jax.lax.population_count(masks).astype(jnp.int32)
+    prefixes = []
+    while not prefixes or prefixes[-1].shape[1] > 1:
+        prefixes.append(_running_sum(_in_blocks(counts, 0), planes.size))
+        counts = prefixes[-1][..., -1]
     # The barrier keeps XLA from fusing the counting pass into the queries' gathers (which
-    # recounts whole blocks of voxels per gathered element: ~10x slower at 1.6 M voxels).
-    return VoxelSets(*jax.lax.optimization_barrier((set_id, tuple(levels))))
-
-
-def uniform_ranks(key: jax.Array, size: jnp.ndarray, n: int) -> jnp.ndarray:
-    """n independent uniform ranks in [0, size) (all 0 when size is 0)."""
-    return jax.random.randint(key, (n,), 0, jnp.maximum(size, 1))
-
-
-def distinct_ranks(key: jax.Array, size: jnp.ndarray, n: int) -> jnp.ndarray:
-    """n distinct ranks in [0, size), a uniformly random ordered sample without replacement (needs size >= n)."""
-    key_draw, key_order = jax.random.split(key)
-    size = jnp.maximum(size, n)
-    draws = jax.random.randint(key_draw, (n,), 0, size - n + jnp.arange(n) + 1)
-    return jax.random.permutation(key_order, floyd_ranks(draws, size))
+    # would recount whole blocks of voxels per gathered element).
+    return VoxelSets(*jax.lax.optimization_barrier((masks, tuple(prefixes))))
 
 
 def floyd_ranks(draws: jnp.ndarray, size: jnp.ndarray) -> jnp.ndarray:
@@ -199,6 +194,8 @@ def floyd_ranks(draws: jnp.ndarray, size: jnp.ndarray) -> jnp.ndarray:
     Draw i collides iff an earlier draw has its value, or (first of its value) step
     j = draws[i] − (size − k) < i took its own top value, i.e. collided itself: a chain of
     earlier steps, followed here for all steps at once by pointer doubling. Returns (k,) int.
+    The subset is uniform; its order is not (the loss does not depend on the anchors' order:
+    each anchor's negatives are independent draws).
     """
     k = draws.shape[0]
     step = jnp.arange(k)
@@ -211,6 +208,51 @@ def floyd_ranks(draws: jnp.ndarray, size: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(repeated[pointer], size - k + step, draws)
 
 
+class Sample(NamedTuple):
+    """How many voxels one item's contrastive sample draws from each set (static)."""
+
+    num_anchor: int
+    neg_per_anchor: int
+    pseudo_neg_per_anchor: int
+
+    @property
+    def size(self) -> int:
+        """Voxels in the sample: anchors, then anchor-major negatives, then pseudo-negatives."""
+        return self.num_anchor * (1 + self.neg_per_anchor + self.pseudo_neg_per_anchor)
+
+    def can_be_distinct(self, sets: VoxelSets) -> bool:
+        """Static: whether the tap has room for num_anchor distinct positives at all."""
+        return sets.masks.shape[-1] * BLOCK >= self.num_anchor
+
+    def rank_bounds(self, sets: VoxelSets) -> jnp.ndarray:
+        """(n,) exclusive upper bounds (>= 1) of the uniform ranks one item's draw needs: one per
+        sampled voxel, then, when anchors can be distinct, Floyd's bounds size − k + i + 1."""
+        sizes = sets.sizes()
+        bounds = [
+            jnp.full(self.num_anchor, sizes[POSITIVE]),
+            jnp.full(self.num_anchor * self.neg_per_anchor, sizes[NEGATIVE]),
+            jnp.full(self.num_anchor * self.pseudo_neg_per_anchor, sizes[PSEUDO]),
+        ]
+        if self.can_be_distinct(sets):
+            floyd_top = jnp.maximum(sizes[POSITIVE], self.num_anchor) - self.num_anchor
+            bounds.append(floyd_top + jnp.arange(self.num_anchor) + 1)
+        return jnp.maximum(jnp.concatenate(bounds), 1)
+
+    def voxels(self, sets: VoxelSets, ranks: jnp.ndarray) -> jnp.ndarray:
+        """(size,) voxels of one item's sample from `ranks`, uniform in [0, rank_bounds).
+
+        Anchors are distinct (Floyd) when P holds num_anchor members, else drawn with replacement."""
+        k, n_neg = self.num_anchor, self.num_anchor * self.neg_per_anchor
+        positives = sets.sizes()[POSITIVE]
+        anchor = ranks[:k]
+        if self.can_be_distinct(sets):
+            distinct = floyd_ranks(ranks[self.size :], jnp.maximum(positives, k))
+            anchor = jnp.where(positives >= k, distinct, anchor)
+        counts = (k, n_neg, self.size - k - n_neg)
+        which = jnp.concatenate([jnp.full(n, s, jnp.int32) for s, n in zip((POSITIVE, NEGATIVE, PSEUDO), counts)])
+        return sets.voxel_of_rank(which, jnp.concatenate([anchor, ranks[k : self.size]]))
+
+
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
 def draw_voxels(
     key: jax.Array, sets: VoxelSets, num_anchor: int, neg_per_anchor: int, pseudo_neg_per_anchor: int
@@ -220,60 +262,42 @@ def draw_voxels(
     First num_anchor anchors from POSITIVE (distinct when the set holds num_anchor, else with
     replacement), then neg_per_anchor negatives per anchor from NEGATIVE and pseudo_neg_per_anchor
     from PSEUDO, with replacement (anchor-major: anchor i's come at i · per_anchor + j)."""
-    sizes = sets.sizes()
-    key_anchor, key_anchor_rep, key_neg, key_pseudo = jax.random.split(key, 4)
-    anchor = uniform_ranks(key_anchor_rep, sizes[POSITIVE], num_anchor)
-    if sets.set_id.shape[0] >= num_anchor:  # static: small taps can never hold num_anchor positives
-        distinct = distinct_ranks(key_anchor, sizes[POSITIVE], num_anchor)
-        anchor = jnp.where(sizes[POSITIVE] >= num_anchor, distinct, anchor)
-    draws = [
-        (POSITIVE, anchor),
-        (NEGATIVE, uniform_ranks(key_neg, sizes[NEGATIVE], num_anchor * neg_per_anchor)),
-        (PSEUDO, uniform_ranks(key_pseudo, sizes[PSEUDO], num_anchor * pseudo_neg_per_anchor)),
-    ]
-    which = jnp.concatenate([jnp.full(rank.shape, s, jnp.int32) for s, rank in draws])
-    return sets.voxel_of_rank(which, jnp.concatenate([rank for _, rank in draws]))
+    sample = Sample(num_anchor, neg_per_anchor, pseudo_neg_per_anchor)
+    bounds = sample.rank_bounds(sets)
+    return sample.voxels(sets, jax.random.randint(key, bounds.shape, 0, bounds))
 
 
-def contrastive_item(
-    key: jax.Array,
+def item_loss(
     f1: jnp.ndarray,
     f2: jnp.ndarray,
-    labels: jnp.ndarray,
+    voxels: jnp.ndarray,
+    sizes: jnp.ndarray,
     *,
     project: Callable[[jnp.ndarray], jnp.ndarray] | None,
-    num_anchor: int,
-    neg_per_anchor: int,
-    pseudo_neg_per_anchor: int,
+    sample: Sample,
     temperature: float,
     alpha: float,
-    branch_aware: bool,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Loss of one item. f1, f2: (M, C) voxel features of view 1 / 2; labels (M,). Returns (loss, valid)."""
-    sets = voxel_sets(set_of_label(labels, branch_aware), 3)
-    n_neg, n_pos, n_pseudo = (sets.sizes()[i] for i in (NEGATIVE, POSITIVE, PSEUDO))
-    valid = (n_pos >= MIN_SET_SIZE) & (n_neg >= MIN_SET_SIZE)
-
-    voxels = jnp.minimum(draw_voxels(key, sets, num_anchor, neg_per_anchor, pseudo_neg_per_anchor), labels.shape[0] - 1)
-    anchor = voxels[:num_anchor]
-
-    a = f1[anchor]
-    b = f2[voxels]
+    """Loss of one item from its sample. f1, f2: (M, C) voxel features of view 1 / 2; voxels: (sample.size,)
+    from `Sample.voxels`; sizes: (3,) set sizes. Returns (loss, valid)."""
+    k, neg, pseudo = sample
+    valid = (sizes[POSITIVE] >= MIN_SET_SIZE) & (sizes[NEGATIVE] >= MIN_SET_SIZE)
+    voxels = jnp.minimum(voxels, f1.shape[0] - 1)
+    # Anchor-major rows (positive, its negatives, its pseudo-negatives): one gather in the
+    # layout of the logits, one contraction, no copies of gathered features.
+    per_anchor = jnp.concatenate(
+        [voxels[:k, None], voxels[k : k * (1 + neg)].reshape(k, neg), voxels[k * (1 + neg) :].reshape(k, pseudo)], 1
+    )
+    a = f1[voxels[:k]]
+    b = f2[per_anchor.reshape(-1)]
     if project is not None:
         a, b = project(a), project(b)
     a = a.astype(jnp.float32)
-    b = b.astype(jnp.float32)
-    pos_feat = b[:num_anchor]
-    neg_feat = b[num_anchor : num_anchor * (1 + neg_per_anchor)].reshape(num_anchor, neg_per_anchor, -1)
-    columns = [
-        jnp.sum(a * pos_feat, axis=-1, keepdims=True) / temperature,
-        jnp.einsum("kc,knc->kn", a, neg_feat) / temperature,
-    ]
-    if pseudo_neg_per_anchor:
-        pseudo_feat = b[num_anchor * (1 + neg_per_anchor) :].reshape(num_anchor, pseudo_neg_per_anchor, -1)
-        pseudo_logits = alpha * jnp.einsum("kc,knc->kn", a, pseudo_feat) / temperature
-        columns.append(jnp.where(n_pseudo > 0, pseudo_logits, MASKED_LOGIT))
-    logits = jnp.concatenate(columns, axis=-1)
+    b = b.astype(jnp.float32).reshape(k, 1 + neg + pseudo, -1)
+    scale = jnp.concatenate([jnp.ones(1 + neg), jnp.full(pseudo, alpha)]) / temperature
+    logits = jnp.einsum("kc,knc->kn", a, b) * scale
+    if pseudo:
+        logits = jnp.where((jnp.arange(1 + neg + pseudo) <= neg) | (sizes[PSEUDO] > 0), logits, MASKED_LOGIT)
     loss = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - logits[:, 0])
     return jnp.where(valid, loss, 0.0), valid
 
@@ -285,12 +309,7 @@ def contrastive_loss(
     labels: jnp.ndarray,
     *,
     project: Callable[[jnp.ndarray], jnp.ndarray] | None = None,
-    num_anchor: int = 512,
-    neg_per_anchor: int = 5,
-    pseudo_neg_per_anchor: int = 1,
-    temperature: float = LOSS_DEFAULT_TEMPERATURE,
-    alpha: float = LOSS_DEFAULT_ALPHA,
-    branch_aware: bool = True,
+    **kwargs,
 ) -> jnp.ndarray:
     """Contrastive loss of one tap, mean over non-skipped items (0 when all are skipped).
 
@@ -298,31 +317,9 @@ def contrastive_loss(
     L2-normalised, or raw tap features with `project` the (per-voxel) projection head.
     labels: (B, Z, Y, X) integer branch labels at input resolution (−1 ignore, 0 background,
     1 largest branch, >1 other branches), resized here by nearest neighbour.
-    With branch_aware False positives are all label > 0 and there are no pseudo-negatives.
+    kwargs: those of `multi_tap_contrastive_loss` (num_anchor, neg_per_anchor, …).
     """
-    batch = f1.shape[0]
-    channels = f1.shape[-1]
-    labels = resize_labels_nearest(labels, f1.shape[1:4]).reshape(batch, -1)
-    item = jax.vmap(
-        lambda k, a, b, lab: contrastive_item(
-            k,
-            a,
-            b,
-            lab,
-            project=project,
-            num_anchor=num_anchor,
-            neg_per_anchor=neg_per_anchor,
-            pseudo_neg_per_anchor=pseudo_neg_per_anchor if branch_aware else 0,
-            temperature=temperature,
-            alpha=alpha,
-            branch_aware=branch_aware,
-        )
-    )
-    losses, valid = item(
-        jax.random.split(key, batch), f1.reshape(batch, -1, channels), f2.reshape(batch, -1, channels), labels
-    )
-    count = jnp.sum(valid)
-    return jnp.sum(losses) / jnp.maximum(count, 1)
+    return multi_tap_contrastive_loss(key, [f1], [f2], labels, projections=[project], **kwargs)
 
 
 def multi_tap_contrastive_loss(
@@ -332,11 +329,36 @@ def multi_tap_contrastive_loss(
     labels: jnp.ndarray,
     *,
     projections: Sequence[Callable[[jnp.ndarray], jnp.ndarray] | None] | None = None,
-    **kwargs,
+    num_anchor: int = 512,
+    neg_per_anchor: int = 5,
+    pseudo_neg_per_anchor: int = 1,
+    temperature: float = LOSS_DEFAULT_TEMPERATURE,
+    alpha: float = LOSS_DEFAULT_ALPHA,
+    branch_aware: bool = True,
 ) -> jnp.ndarray:
-    """Sum of `contrastive_loss` over the taps (one RNG key per tap)."""
+    """Sum over the taps of each tap's contrastive loss (`contrastive_loss`), features as there.
+
+    With branch_aware False positives are all label > 0 and there are no pseudo-negatives.
+    One `randint` call draws the ranks of every tap and item."""
     projections = projections or [None] * len(taps1)
-    keys = jax.random.split(key, len(taps1))
-    return sum(
-        contrastive_loss(k, a, b, labels, project=p, **kwargs) for k, a, b, p in zip(keys, taps1, taps2, projections)
-    )
+    sample = Sample(num_anchor, neg_per_anchor, pseudo_neg_per_anchor if branch_aware else 0)
+    batch = labels.shape[0]
+    # Set ids once at input resolution (int8: the counting pass reads a quarter of the bytes);
+    # the barrier keeps XLA from recomputing them from the labels inside every tap's slice.
+    set_ids = jax.lax.optimization_barrier(set_of_label(labels, branch_aware))
+    sets = [
+        jax.vmap(lambda ids: voxel_sets(ids, 3))(resize_labels_nearest(set_ids, f.shape[1:4]).reshape(batch, -1))
+        for f in taps1
+    ]
+    bounds = [jax.vmap(sample.rank_bounds)(s) for s in sets]  # (B, n_tap) each
+    ranks = jax.random.randint(key, (batch, sum(b.shape[1] for b in bounds)), 0, jnp.concatenate(bounds, axis=1))
+    starts = [0, *itertools.accumulate(b.shape[1] for b in bounds)]
+    total = jnp.float32(0.0)
+    for f1, f2, tap_sets, project, start, stop in zip(taps1, taps2, sets, projections, starts, starts[1:]):
+        channels = f1.shape[-1]
+        voxels = jax.vmap(sample.voxels)(tap_sets, ranks[:, start:stop])
+        losses, valid = jax.vmap(
+            functools.partial(item_loss, project=project, sample=sample, temperature=temperature, alpha=alpha)
+        )(f1.reshape(batch, -1, channels), f2.reshape(batch, -1, channels), voxels, jax.vmap(VoxelSets.sizes)(tap_sets))
+        total = total + jnp.sum(losses) / jnp.maximum(jnp.sum(valid), 1)
+    return total

@@ -12,14 +12,13 @@ from syncas_jax.losses.contrastive import (
     NEGATIVE,
     POSITIVE,
     PSEUDO,
+    bit_of_rank,
     contrastive_loss,
-    distinct_ranks,
     draw_voxels,
     floyd_ranks,
     multi_tap_contrastive_loss,
     resize_labels_nearest,
     set_of_label,
-    uniform_ranks,
     voxel_sets,
 )
 from syncas_jax.losses.dice_ce import dice_ce_loss
@@ -92,20 +91,35 @@ def assert_binomial(counts: np.ndarray, trials: int, p: float) -> None:
     assert counts.min() > low and counts.max() < high, (counts.min(), counts.max(), low, high)
 
 
-@pytest.mark.parametrize("size,top_blocks", [(5, 2048), (32, 2048), (1000, 2048), (70_001, 2048), (5000, 2)])
-def test_count_tree_maps_every_rank_to_its_voxel(size, top_blocks):
-    """Every rank of every set maps to that member of np.flatnonzero; top_blocks 2 makes a 3-level tree."""
-    set_id = np.random.default_rng(size).integers(-1, 3, size).astype(np.int32)
+@pytest.mark.parametrize("size", [5, 32, 33, 1000, 70_001, 1_100_000])
+def test_count_tree_maps_the_ranks_of_each_set_onto_its_members(size):
+    """Ranks 0 … |set| − 1 of every set map one-to-one onto the set's voxels (np.flatnonzero), in any
+    query order with sets mixed; 70 001 and 1.1 M voxels make trees of 3 and 4 levels."""
+    set_id = np.random.default_rng(size).integers(-1, 3, size).astype(np.int8)
     set_id[: size // 3] = -1  # a long run of voxels in no set
-    sets = voxel_sets(jnp.asarray(set_id), 3, top_blocks)
-    assert len(sets.levels) == (3 if top_blocks == 2 else 1 + (size > 32 * top_blocks))
+    sets = voxel_sets(jnp.asarray(set_id), 3)
+    blocks = -(-size // 32)
+    assert len(sets.prefixes) == max(1, int(np.ceil(np.log(blocks) / np.log(32) - 1e-9)))
     members = [np.flatnonzero(set_id == s) for s in range(3)]
     np.testing.assert_array_equal(np.asarray(sets.sizes()), [len(m) for m in members])
     which = np.concatenate([np.full(len(m), s) for s, m in enumerate(members)]).astype(np.int32)
     rank = np.concatenate([np.arange(len(m)) for m in members]).astype(np.int32)
-    order = np.random.default_rng(1).permutation(len(rank))  # queries in any order, sets mixed
-    voxel = jax.jit(lambda t, w, r: t.voxel_of_rank(w, r))(sets, jnp.asarray(which[order]), jnp.asarray(rank[order]))
-    np.testing.assert_array_equal(np.asarray(voxel), np.concatenate(members)[order])
+    order = np.random.default_rng(1).permutation(len(rank))
+    voxel = np.asarray(
+        jax.jit(lambda t, w, r: t.voxel_of_rank(w, r))(sets, jnp.asarray(which[order]), jnp.asarray(rank[order]))
+    )
+    for s, m in enumerate(members):
+        np.testing.assert_array_equal(np.sort(voxel[which[order] == s]), m)
+
+
+def test_bit_of_rank_finds_each_set_bit():
+    rng = np.random.default_rng(0)
+    masks = rng.integers(0, 2**32, 200, dtype=np.uint64).astype(np.uint32)
+    masks[:3] = [0xFFFFFFFF, 1, 2**31]
+    bits = [np.flatnonzero([(int(m) >> j) & 1 for j in range(32)]) for m in masks]
+    mask = np.concatenate([np.full(len(b), m) for m, b in zip(masks, bits)]).astype(np.uint32)
+    rank = np.concatenate([np.arange(len(b)) for b in bits]).astype(np.int32)
+    np.testing.assert_array_equal(np.asarray(bit_of_rank(jnp.asarray(mask), jnp.asarray(rank))), np.concatenate(bits))
 
 
 def floyd_loop(draws: list[int], size: int) -> list[int]:
@@ -126,22 +140,15 @@ def test_floyd_ranks_equal_floyds_loop(size, k):
         assert len(set(ranks.tolist())) == k and ranks.min() >= 0 and ranks.max() < size
 
 
-def test_distinct_ranks_are_a_uniform_ordered_sample():
-    """All 12 ordered pairs of distinct ranks in [0, 4) come up equally often."""
-    trials = 24_000
-    keys = jax.random.split(jax.random.key(0), trials)
-    pairs = np.asarray(jax.vmap(lambda k: distinct_ranks(k, jnp.int32(4), 2))(keys))
-    assert np.all(pairs[:, 0] != pairs[:, 1]) and pairs.min() >= 0 and pairs.max() < 4
-    counts = np.bincount(pairs[:, 0] * 4 + pairs[:, 1], minlength=16).reshape(4, 4)
-    assert_binomial(counts[~np.eye(4, dtype=bool)], trials, 1 / 12)
-
-
-def test_uniform_ranks_cover_the_set_uniformly():
-    trials = 4000
-    ranks = np.asarray(uniform_ranks(jax.random.key(2), jnp.int32(5), trials))
-    counts = np.bincount(ranks, minlength=5)
-    assert len(counts) == 5
-    assert_binomial(counts, trials, 1 / 5)
+def test_floyd_subsets_are_uniform():
+    """With uniform draws, each of the 10 two-element subsets of [0, 5) comes up equally often."""
+    trials = 20_000
+    rng = np.random.default_rng(3)
+    draws = np.stack([rng.integers(0, 4, trials), rng.integers(0, 5, trials)], axis=1).astype(np.int32)
+    pairs = np.sort(np.asarray(jax.vmap(lambda d: floyd_ranks(d, jnp.int32(5)))(jnp.asarray(draws))), axis=1)
+    assert np.all(pairs[:, 0] != pairs[:, 1])
+    counts = np.bincount(pairs[:, 0] * 5 + pairs[:, 1], minlength=25).reshape(5, 5)
+    assert_binomial(counts[np.triu_indices(5, 1)], trials, 1 / 10)
 
 
 def item_labels(positives: int) -> np.ndarray:
