@@ -98,8 +98,10 @@ def test_count_tree_maps_the_ranks_of_each_set_onto_its_members(size):
     set_id = np.random.default_rng(size).integers(-1, 3, size).astype(np.int8)
     set_id[: size // 3] = -1  # a long run of voxels in no set
     sets = voxel_sets(jnp.asarray(set_id), 3)
-    blocks = -(-size // 32)
-    assert len(sets.prefixes) == max(1, int(np.ceil(np.log(blocks) / np.log(32) - 1e-9)))
+    levels, nodes = 1, -(-size // 32)  # 32-voxel blocks, then 32 children per node up to one root
+    while nodes > 32:
+        levels, nodes = levels + 1, -(-nodes // 32)
+    assert len(sets.prefixes) == levels
     members = [np.flatnonzero(set_id == s) for s in range(3)]
     np.testing.assert_array_equal(np.asarray(sets.sizes()), [len(m) for m in members])
     which = np.concatenate([np.full(len(m), s) for s, m in enumerate(members)]).astype(np.int32)
